@@ -1,0 +1,591 @@
+"""PiNI — Positive-incentive Noise Injector, in one file.
+
+Reference: S. Huang, H. Zhang, X. Li, "Enhance Vision-Language Alignment with Noise",
+AAAI 2025 (arXiv 2412.10817). Authors' code: github.com/hyzhang98/PiNI.
+
+Read this module top to bottom, like a chapter of the paper:
+
+  1. Loading a frozen CLIP ............ `load_clip`, `train_transform`
+  2. Prompts and the text tower ........ `build_prompts`, `encode_text_embeddings`
+  3. Gaussian noise, reparameterised ... `Gaussian`, `gaussian_kl`
+  4. The text noise injector .......... `TextNoiseInjector`
+  5. The image noise injectors ........ `ImageNoiseInjector` (feature level),
+                                          `PixelNoiseInjector` (pixel level)
+  6. The PiNI model ................... `PiNI`  (forward -> logits for K noise samples)
+  7. The objective .................... `pini_objective`, `pi_noise_information`
+  8. Inference ........................ `PiNI.predict`
+
+Notation (as in the paper): x an image, y its class, P the prompt set, ε the noise,
+μ and σ the mean and standard deviation of the noise distribution p_θ(ε | x, P),
+z ~ N(0, I) the standard normal sample of the reparameterisation ε = μ + σ ⊙ z,
+τ CLIP's temperature (1/τ = exp(logit_scale)), K the number of Monte-Carlo noise samples.
+
+Equation numbers (Eq. 1)–(Eq. 9) are this module's own: they number the steps of the
+derivation written out in `pini_objective`, in the order the argument needs them. The paper's
+body could not be consulted line by line when this module was written, so its own numbering
+is not quoted; where a step is our reconstruction rather than the paper's text, the docstring
+says so ("*inferred*").
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import open_clip
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision import transforms as T
+from torchvision.models.resnet import BasicBlock
+
+# -----------------------------------------------------------------------------------------
+# 1. Loading a frozen CLIP
+# -----------------------------------------------------------------------------------------
+
+NO_WEIGHTS = (None, "", "none", "None", "random")
+
+
+def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", device="cpu"):
+    """Create a frozen open_clip CLIP, its tokenizer and its train/eval image transforms.
+
+    Args:
+        model: an open_clip model name ("ViT-B-16"; the OpenAI spelling "ViT-B/16" is accepted)
+            or the path of an open_clip model-config JSON file (registered under its file stem).
+        pretrained: an open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...), the path
+            of a local checkpoint file, or None / "none" for random weights (tests, CPU coursework).
+        device: where to put the model.
+
+    Returns:
+        (clip, tokenizer, train_transform, eval_transform). `clip` is in eval mode and no
+        parameter requires grad: PiNI never changes a CLIP weight, it only learns noise.
+
+    Raises:
+        ValueError / FileNotFoundError with a message that names what was given and what is
+        accepted (unknown model name, unknown tag, missing checkpoint file).
+    """
+    name = _resolve_model_name(model)
+    weights = _resolve_pretrained(name, pretrained)
+    clip, _, eval_transform = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
+    if not hasattr(clip, "token_embedding"):
+        raise ValueError(
+            f"model {model!r} has a custom text tower (e.g. a Hugging Face encoder); PiNI's text "
+            "injector needs open_clip's built-in CLIP text transformer (ViT-*/RN* CLIP models)."
+        )
+    clip.eval().requires_grad_(False)
+    tokenizer = open_clip.get_tokenizer(name)
+    return clip, tokenizer, train_transform(clip.visual.preprocess_cfg), eval_transform
+
+
+def _resolve_model_name(model: str) -> str:
+    """Register a config JSON if `model` is a path; return an open_clip model name."""
+    if model.endswith(".json") or os.path.sep in model and os.path.exists(model):
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"model config file not found: {model}")
+        open_clip.add_model_config(path)
+        return path.stem
+    name = model.replace("/", "-")  # OpenAI's "ViT-B/16" is open_clip's "ViT-B-16"
+    if name not in open_clip.list_models():
+        raise ValueError(
+            f"unknown open_clip model {model!r}: give a model name (e.g. ViT-B-16, ViT-B-32, RN50, "
+            "RN101, ViT-L-14; all: open_clip.list_models()) or the path of a model-config .json file"
+        )
+    return name
+
+
+def _resolve_pretrained(name: str, pretrained: Optional[str]) -> Optional[str]:
+    """Map `pretrained` to what open_clip expects: None, a file path, or a known tag."""
+    if pretrained in NO_WEIGHTS:
+        return None
+    if os.path.isfile(pretrained):
+        return pretrained
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained in tags:
+        return pretrained
+    if os.path.sep in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors"):
+        raise FileNotFoundError(f"checkpoint file not found: {pretrained}")
+    raise ValueError(
+        f"unknown pretrained weights {pretrained!r} for {name}: give a local checkpoint file, "
+        f"'none' for random weights, or one of the open_clip tags {tags or '(none for this model)'}"
+    )
+
+
+def train_transform(preprocess_cfg: dict) -> T.Compose:
+    """The few-shot training augmentation of CoOp and the authors' code, sized for this CLIP.
+
+    Random resized crop (scale 0.08–1, the torchvision default Dassl uses) and a horizontal
+    flip, then CLIP's own normalisation. open_clip's training transform has no flip and a
+    milder crop (0.9–1), so we build this one ourselves from the model's preprocessing config.
+    """
+    size = preprocess_cfg["size"]
+    size = size if isinstance(size, int) else tuple(size)
+    bilinear = preprocess_cfg.get("interpolation") == "bilinear"
+    interpolation = T.InterpolationMode.BILINEAR if bilinear else T.InterpolationMode.BICUBIC
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=interpolation),
+        T.RandomHorizontalFlip(),
+        T.Lambda(lambda image: image.convert("RGB")),
+        T.ToTensor(),
+        T.Normalize(preprocess_cfg["mean"], preprocess_cfg["std"]),
+    ])
+
+
+# -----------------------------------------------------------------------------------------
+# 2. Prompts and the text tower
+# -----------------------------------------------------------------------------------------
+
+@dataclass
+class Prompts:
+    """The tokenised prompts "X X … X <template> <class name>." for C classes.
+
+    tokens:      (C, L) token ids, L = the tokenizer's context length (77 for CLIP)
+    noise_start: first token position that receives text noise (1: right after SOS)
+    noise_end:   one past the last one; positions [noise_start, noise_end) hold the
+                 n_ctx placeholders and the template, identical for every class
+    """
+    tokens: torch.Tensor
+    noise_start: int
+    noise_end: int
+
+    @property
+    def n_noise_tokens(self) -> int:
+        return self.noise_end - self.noise_start
+
+
+def build_prompts(tokenizer, classnames, template: str = "a photo of a", n_ctx: int = 16,
+                  placeholder: str = "X") -> Prompts:
+    """Tokenise "X X … X <template> <class name>." (n_ctx placeholders) for every class.
+
+    The placeholders are the 16 "context" positions of prompt learning (CoOp); PiNI does not
+    learn them as vectors, it learns a noise distribution over them *and* over the template's
+    tokens. Class name, "." and the end-of-text token stay noise-free.
+    """
+    prefix = " ".join([placeholder] * n_ctx + ([template] if template else []))
+    classnames = [name.replace("_", " ") for name in classnames]
+    texts = [f"{prefix} {name}." for name in classnames]
+    tokens = tokenizer(texts)  # (C, L)
+    # The prefix alone is "SOS p_1 … p_n EOT": its EOT index is 1 + number of prefix tokens.
+    # (CLIP's EOT has the largest id of the vocabulary, hence argmax, as open_clip pools.)
+    noise_end = int(tokenizer([prefix])[0].argmax())
+    if not torch.equal(tokens[:, :noise_end], tokens[:1, :noise_end].expand(len(classnames), -1)):
+        raise ValueError(f"template {template!r} does not tokenise identically before every class name")
+    # The tokenizer silently truncates; tokenise once more with room to spare to catch that.
+    longest = int(tokenizer(texts, context_length=4 * tokens.shape[1]).argmax(dim=-1).max())
+    if longest >= tokens.shape[1]:
+        raise ValueError(f"the longest prompt has {longest + 1} tokens, more than the text encoder's "
+                         f"context of {tokens.shape[1]}; shorten the template or use fewer context tokens")
+    return Prompts(tokens=tokens, noise_start=1, noise_end=noise_end)
+
+
+def encode_text_embeddings(clip, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Run CLIP's text tower on token *embeddings* instead of token ids.
+
+    This is `clip.encode_text(tokens)` with its first line (the embedding lookup) taken out,
+    so noise can be added to the embeddings first:
+        positional embedding -> transformer (causal mask) -> final LayerNorm
+        -> features at the EOT token -> text projection.
+
+    Context truncation: with CLIP's causal mask, position i only attends to positions ≤ i, so the
+    features at the EOT token do not depend on anything after it. We therefore run the
+    transformer only up to the longest prompt's EOT, not the full 77 positions — same output,
+    a fraction of the work (usually 25–35 tokens instead of 77).
+
+    embeddings: (N, L, W) token embeddings; tokens: (N, L) their ids (to find EOT).
+    Returns (N, D) text features, not normalised.
+    """
+    cast_dtype = clip.transformer.get_cast_dtype()
+    length = tokens.shape[1]
+    if clip.text_pool_type == "argmax" and clip.attn_mask is not None:
+        length = int(tokens.argmax(dim=-1).max()) + 1
+    x = embeddings[:, :length].to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
+    mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+    x = clip.transformer(x, attn_mask=mask)  # (N, length, W)
+    x = clip.ln_final(x)
+    x = open_clip.transformer.text_global_pool(x, tokens[:, :length], clip.text_pool_type,
+                                               eos_token_id=getattr(clip, "text_eos_id", None))  # (N, W)
+    if isinstance(clip.text_projection, nn.Linear):
+        return clip.text_projection(x)
+    return x @ clip.text_projection if clip.text_projection is not None else x  # (N, D)
+
+
+# -----------------------------------------------------------------------------------------
+# 3. Gaussian noise, reparameterised
+# -----------------------------------------------------------------------------------------
+
+@dataclass
+class Gaussian:
+    """A diagonal Gaussian p_θ(ε) = N(μ, diag σ²) with the reparameterised sampler.
+
+    mu, sigma:  same shape; sigma ≥ 0
+    batch_dims: how many leading dims index examples (or noise samples) rather than the
+                noise itself — the KL term averages over them and sums over the rest.
+    """
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    batch_dims: int = 0
+
+    def sample(self, num_samples: int, use_mean: bool = False) -> torch.Tensor:
+        """ε_k = μ + σ ⊙ z_k, z_k ~ N(0, I), k = 1..K                               (Eq. 6)
+
+        The reparameterisation trick: the randomness lives in z, which does not depend on θ,
+        so ∂ε/∂μ = 1 and ∂ε/∂σ = z and gradients flow through the sample. `use_mean` sets
+        z = 0 (ε = μ), the deterministic noise used for inference by default.
+        Returns (K, *mu.shape).
+        """
+        mu = self.mu.unsqueeze(0).expand(num_samples, *self.mu.shape)
+        if use_mean:
+            return mu
+        return mu + self.sigma * torch.randn_like(mu)
+
+
+def gaussian_kl(noise: Gaussian, prior_std: float = 1.0) -> torch.Tensor:
+    """KL( N(μ, diag σ²) ‖ N(0, s² I) ) in closed form, s = prior_std               (Eq. 8)
+
+        KL = Σ_j [ log(s / σ_j) + (σ_j² + μ_j²) / (2 s²) − 1/2 ]
+
+    summed over the noise dimensions j and averaged over the leading `batch_dims`.
+    σ is clamped away from 0 so that a collapsed σ gives a large, finite penalty.
+    """
+    sigma = noise.sigma.float().clamp_min(1e-8)
+    mu = noise.mu.float()
+    kl = math.log(prior_std) - sigma.log() + (sigma.square() + mu.square()) / (2 * prior_std**2) - 0.5
+    per_example = kl.flatten(noise.batch_dims).sum(-1) if noise.batch_dims else kl.sum()
+    return per_example.mean()
+
+
+# -----------------------------------------------------------------------------------------
+# 4. The text noise injector
+# -----------------------------------------------------------------------------------------
+
+class TextNoiseInjector(nn.Module):
+    """Learned p_θ(ε_t) = N(μ_t, diag σ_t²) over the placeholder + template token embeddings.
+
+    μ_t, σ_t: (n_tokens, W), one row per noised token position, initialised N(0, 0.02²) as in
+    the authors' code. The noise is not conditioned on the image: one sample ε_t is drawn per
+    forward pass and shared by all C class prompts, so it perturbs the *context* the classes
+    are described in, never a class name.
+
+    σ_t is stored as a free parameter and used as |σ_t|: the authors multiply z by the raw
+    parameter, which gives the same distribution (z and −z are equally likely); the absolute
+    value only matters for the KL term, where σ must be positive.
+    """
+
+    def __init__(self, n_tokens: int, width: int, init_std: float = 0.02):
+        super().__init__()
+        self.mu = nn.Parameter(torch.randn(n_tokens, width) * init_std)
+        self.sigma = nn.Parameter(torch.randn(n_tokens, width) * init_std)
+
+    def forward(self) -> Gaussian:
+        return Gaussian(self.mu, self.sigma.abs())
+
+
+# -----------------------------------------------------------------------------------------
+# 5. The image noise injectors
+# -----------------------------------------------------------------------------------------
+
+class ImageNoiseInjector(nn.Module):
+    """Feature-level image noise: p_θ(ε_v | x, P) = N(μ_v, diag σ_v²) from cross-attention.
+
+    The image embedding asks (query) the class text embeddings (keys, values) which classes it
+    resembles, and the answer is mapped to the noise's mean and std:
+
+        q = W_q f_v,  k_c = W_k f_c,  v_c = W_v f_c,  a = softmax_c(q · k_c)        (Eq. 7)
+        μ_v = W_μ Σ_c a_c v_c,    σ_v = | W_σ Σ_c a_c v_c |
+
+    The logits q · k_c are not divided by √h: the authors' code does not, and we keep its
+    behaviour (`scaled=True` adds the usual 1/√h). h = D / reduction.
+    """
+
+    def __init__(self, dim: int, reduction: int = 1, scaled: bool = False):
+        super().__init__()
+        hidden = dim // reduction
+        self.query, self.key, self.value = (nn.Linear(dim, hidden) for _ in range(3))
+        self.to_mu, self.to_sigma = nn.Linear(hidden, dim), nn.Linear(hidden, dim)
+        self.scale = hidden**-0.5 if scaled else 1.0
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor):
+        """image_features (B, D), text_features (K, C, D) -> Gaussian (K, B, D), attention (K, B, C)."""
+        q = self.query(image_features)  # (B, h)
+        k, v = self.key(text_features), self.value(text_features)  # (K, C, h)
+        attention = torch.einsum("bh,kch->kbc", q, k).mul(self.scale).softmax(dim=-1)  # (K, B, C)
+        attended = attention @ v  # (K, B, h)
+        return Gaussian(self.to_mu(attended), self.to_sigma(attended).abs(), batch_dims=2), attention
+
+
+class PixelNoiseInjector(nn.Module):
+    """Pixel-level image noise: a small CNN predicts per-pixel μ and σ maps for the input image.
+
+    Architecture of the authors' `clip_vpn_cnn_image.py`: conv3×3 (3→64) + BN + ReLU, ResNet
+    basic blocks [64, 64, 128, 64], and two conv3×3 heads to 3-channel μ and σ maps. Each map
+    is rescaled so that its root-mean-square over the H×W pixels of each channel equals
+    `level` (0.1 in the authors' code): the CNN chooses the *pattern*, `level` fixes the noise
+    *strength* relative to the normalised image (which has unit variance per channel).
+    """
+
+    def __init__(self, channels: int = 3, level: float = 0.1):
+        super().__init__()
+        self.level = level
+        self.stem = nn.Sequential(nn.Conv2d(channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.blocks = nn.Sequential(
+            BasicBlock(64, 64), BasicBlock(64, 64),
+            BasicBlock(64, 128, downsample=_projection(64, 128)),
+            BasicBlock(128, 64, downsample=_projection(128, 64)),
+        )
+        self.to_mu = nn.Conv2d(64, channels, 3, padding=1, bias=False)
+        self.to_sigma = nn.Conv2d(64, channels, 3, padding=1, bias=False)
+
+    def _rescale(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> same, each channel scaled to RMS `level` over its H×W pixels."""
+        flat = maps.flatten(2)  # (B, 3, H·W)
+        return (F.normalize(flat, dim=-1) * math.sqrt(flat.shape[-1]) * self.level).view_as(maps)
+
+    def forward(self, images: torch.Tensor) -> Gaussian:
+        """images (B, 3, H, W) -> Gaussian with μ, σ of shape (B, 3, H, W)."""
+        h = self.blocks(self.stem(images))  # (B, 64, H, W)
+        return Gaussian(self._rescale(self.to_mu(h)), self._rescale(self.to_sigma(h)).abs(), batch_dims=1)
+
+
+def _projection(cin: int, cout: int) -> nn.Sequential:
+    """1×1 conv + BN shortcut for a basic block that changes the channel count."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+# -----------------------------------------------------------------------------------------
+# 6. The PiNI model
+# -----------------------------------------------------------------------------------------
+
+@dataclass
+class PiNIOutput:
+    """logits: (K, B, C) scaled cosine similarities, one slice per noise sample.
+    noise: the noise distributions that produced them, by injector name ("text", "image")."""
+    logits: torch.Tensor
+    noise: dict
+
+
+class PiNI(nn.Module):
+    """A frozen CLIP classifier whose text and/or image side is perturbed by learned noise.
+
+    The classifier of CLIP with prompt set P (Eq. 1):
+
+        p(y = c | x, P) = exp(cos(V(x), T(ρ_c)) / τ) / Σ_i exp(cos(V(x), T(ρ_i)) / τ)
+
+    PiNI keeps V (image tower) and T (text tower) frozen and replaces the inputs by noisy ones:
+    T(ρ_c + ε_t) with text noise on the prompt embeddings, and V(x) + ε_v (then L2-normalised)
+    with feature-level image noise, or V(x + ε_x) with pixel-level image noise.
+
+    Args:
+        clip, tokenizer: from `load_clip`.
+        classnames: the C class names.
+        template: the per-dataset prompt template, e.g. "a photo of a".
+        n_ctx: number of placeholder context tokens before the template (16).
+        text_noise: learn the text noise injector.
+        image_noise: "feature", "pixel", or None.
+        reduction: hidden size of the feature injector's attention = D / reduction.
+        pixel_level: RMS strength of the pixel noise maps (0.1).
+        init_std: std of the normal initialisation of the text μ and σ (0.02).
+
+    With text_noise=False and image_noise=None this is zero-shot CLIP on the same prompts.
+    """
+
+    def __init__(self, clip, tokenizer, classnames, template: str = "a photo of a", n_ctx: int = 16,
+                 text_noise: bool = True, image_noise: Optional[str] = "feature", reduction: int = 1,
+                 pixel_level: float = 0.1, init_std: float = 0.02):
+        super().__init__()
+        if image_noise not in ("feature", "pixel", None):
+            raise ValueError(f"image_noise must be 'feature', 'pixel' or None, not {image_noise!r}")
+        self.clip = clip.eval().requires_grad_(False)
+        self.classnames = list(classnames)
+        prompts = build_prompts(tokenizer, self.classnames, template, n_ctx)
+        self.noise_start, self.noise_end = prompts.noise_start, prompts.noise_end
+        device = clip.logit_scale.device
+        self.register_buffer("prompt_tokens", prompts.tokens.to(device), persistent=False)  # (C, L)
+        with torch.no_grad():
+            embeddings = clip.token_embedding(self.prompt_tokens)  # (C, L, W)
+        self.register_buffer("prompt_embeddings", embeddings, persistent=False)
+
+        width = embeddings.shape[-1]
+        dim = clip.text_projection.shape[-1] if isinstance(clip.text_projection, torch.Tensor) else width
+        self.text_injector = TextNoiseInjector(prompts.n_noise_tokens, width, init_std) if text_noise else None
+        self.image_injector = ImageNoiseInjector(dim, reduction) if image_noise == "feature" else None
+        self.pixel_injector = PixelNoiseInjector(level=pixel_level) if image_noise == "pixel" else None
+        for injector in (self.text_injector, self.image_injector, self.pixel_injector):
+            if injector is not None:
+                injector.to(device)
+
+    def train(self, mode: bool = True):
+        """Switch the injectors' mode only: CLIP stays in eval mode (a ResNet CLIP has
+        BatchNorm layers whose running statistics must not drift while we train noise)."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def trainable_parameters(self):
+        """The injectors' parameters — everything the optimiser may touch."""
+        return [p for n, p in self.named_parameters() if not n.startswith("clip.")]
+
+    # --- the two towers ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D) frozen image features (no grad: the tower is frozen and the
+        feature-level noise enters after it, so nothing upstream needs a gradient)."""
+        return self.clip.encode_image(images)
+
+    def text_features(self, noise: Optional[torch.Tensor]) -> torch.Tensor:
+        """noise (K, n_noise_tokens, W) or None -> (K, C, D) (K = 1 without noise).
+
+        ε_t is added to the same positions of every class prompt (shared by all classes)."""
+        embeddings = self.prompt_embeddings.unsqueeze(0)  # (1, C, L, W)
+        if noise is not None:
+            pad = (0, 0, self.noise_start, embeddings.shape[2] - self.noise_end)
+            embeddings = embeddings + F.pad(noise, pad).unsqueeze(1)  # (K, C, L, W)
+        K, C = embeddings.shape[:2]
+        tokens = self.prompt_tokens.repeat(K, 1)  # (K·C, L)
+        features = encode_text_embeddings(self.clip, embeddings.flatten(0, 1), tokens)
+        return features.view(K, C, -1)
+
+    # --- forward ---------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor, num_samples: int = 1, use_mean: bool = False,
+                image_features: Optional[torch.Tensor] = None) -> PiNIOutput:
+        """Logits of the noisy classifier for K noise samples.
+
+        images: (B, 3, H, W) normalised images.
+        num_samples: K, the number of Monte-Carlo samples of the noise (Eq. 5).
+        use_mean: use ε = μ instead of sampling (deterministic inference).
+        image_features: (B, D) precomputed `encode_images(images)` (feature-level injector or
+            none only), to skip the frozen image tower — e.g. when evaluating several modes.
+        Returns PiNIOutput(logits (K, B, C), noise distributions by name).
+        """
+        K = num_samples
+        noise = {}
+
+        text_noise = None
+        if self.text_injector is not None:
+            noise["text"] = self.text_injector()
+            text_noise = noise["text"].sample(K, use_mean)  # (K, n, W)
+        text = self.text_features(text_noise)  # (K or 1, C, D)
+
+        if self.pixel_injector is not None:
+            noise["image"] = self.pixel_injector(images)  # (B, 3, H, W)
+            noisy = images + noise["image"].sample(K, use_mean)  # (K, B, 3, H, W)
+            # Gradients must reach the injector through the frozen image tower: no no_grad here.
+            image = self.clip.encode_image(noisy.flatten(0, 1)).unflatten(0, (K, -1))  # (K, B, D)
+        else:
+            image = self.encode_images(images) if image_features is None else image_features  # (B, D)
+            if self.image_injector is not None:
+                # The injector reads the text features *with* their noise, and its gradient flows
+                # back into the text injector, as in the authors' code.
+                noise["image"], _ = self.image_injector(image, text.expand(K, -1, -1))  # (K, B, D)
+                image = image + noise["image"].sample(1, use_mean)[0]  # (K, B, D)
+
+        image = F.normalize(image, dim=-1)
+        text = F.normalize(text, dim=-1)
+        if image.dim() == 2:
+            image = image.unsqueeze(0)  # (1, B, D)
+        logits = self.clip.logit_scale.exp() * image @ text.transpose(1, 2)  # (K', B, C)
+        return PiNIOutput(logits.expand(K, -1, -1), noise)
+
+    # --- inference (section 8) -------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, mode: str = "mean", num_samples: int = 8,
+                image_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Class log-probabilities (B, C) for test images, in one of three modes:
+
+        "sample":  one stochastic noise sample — what the authors' code does at test time
+                   (Dassl calls the training forward), so accuracy varies from run to run.
+        "mean":    the noise mean ε = μ — deterministic. The default: a reported accuracy
+                   should not depend on the random state of the test pass, and for the small σ
+                   PiNI learns the mean's prediction is the mode of the predictive distribution
+                   to first order.
+        "average": the Monte-Carlo predictive (Eq. 9)
+                   p(y | x, P) = E_{ε ~ p_θ}[ q(y | x, ε, P) ] ≈ (1/K) Σ_k q(y | x, ε_k, P),
+                   the Bayesian answer, at K times the cost of the noisy parts.
+        """
+        if mode == "sample":
+            logits = self(images, 1, image_features=image_features).logits[0]
+        elif mode == "mean":
+            logits = self(images, 1, use_mean=True, image_features=image_features).logits[0]
+        elif mode == "average":
+            logits = self(images, num_samples, image_features=image_features).logits  # (K, B, C)
+            return logits.log_softmax(-1).logsumexp(0) - math.log(num_samples)
+        else:
+            raise ValueError(f"inference mode must be one of 'sample', 'mean', 'average', not {mode!r}")
+        return logits.log_softmax(-1)
+
+
+# -----------------------------------------------------------------------------------------
+# 7. The objective
+# -----------------------------------------------------------------------------------------
+
+def pini_objective(output: PiNIOutput, labels: torch.Tensor, ce_weight: float = 1.0,
+                   kl_weight: float = 0.0, prior_std: float = 1.0) -> dict:
+    """The PiNI training loss and its named parts.
+
+    The derivation (pi-noise, Li 2022; PiNI §3 — the exact intermediate forms are *inferred*):
+
+    (Eq. 1) CLIP's classifier p(y | x, P) defines the task T; its entropy is
+            H(T) = E_{x,y}[ −log p(y | x, P) ].
+    (Eq. 2) A noise E is positive-incentive (pi-noise) iff it makes the task less uncertain:
+            I(T, E) = H(T) − H(T | E) > 0.
+            CLIP is frozen, so H(T) is a constant and  max_θ I(T, E)  ⇔  min_θ H(T | E).
+    (Eq. 3) With the noise drawn from the injector, ε ~ p_θ(ε | x, P),
+            H(T | E) = E_{x,y} E_{ε ~ p_θ}[ −log p(y | x, ε, P) ],
+            where p(y | x, ε, P) is the (intractable) posterior of the joint p(x, y) p_θ(ε | x, P).
+    (Eq. 4) Variational step: replace it by the frozen CLIP evaluated on noisy inputs,
+            q(y | x, ε, P) = softmax_c( cos(V(x) + ε_v, T(ρ_c + ε_t)) / τ ). Because
+            E[−log p] = E[−log q] − E[ KL(p(y|x,ε,P) ‖ q(y|x,ε,P)) ] and KL ≥ 0 (Gibbs),
+            H(T | E) ≤ E_{x,y} E_{ε ~ p_θ}[ −log q(y | x, ε, P) ]          — the upper bound.
+    (Eq. 5) Monte-Carlo estimate with K reparameterised samples ε_k = μ + σ ⊙ z_k (Eq. 6):
+            L_CE = (1/B) Σ_b (1/K) Σ_k −log q(y_b | x_b, ε_k, P).
+    (Eq. 8) ELBO form: if the noise is also asked to stay explainable by a fixed "pure noise"
+            prior p(ε) = N(0, s² I), Jensen's inequality gives, for the predictive under prior
+            noise, −log ∫ q(y|x,ε,P) p(ε) dε ≤ E_{p_θ}[ −log q(y|x,ε,P) ] + KL(p_θ(ε|x,P) ‖ p(ε)),
+            i.e. a KL term with weight β = kl_weight (β = 1: the ELBO; β > 0: a VIB-style
+            regulariser that stops σ from collapsing and μ from growing).
+
+    What the authors' code keeps: L_CE with K = 1 (NOISE_NUM), i.e. plain cross-entropy on
+    the noisy logits. It drops: the constant H(T) (no gradient), the KL gap of Eq. 4 (intractable;
+    dropping it is what makes Eq. 4 a bound) and the prior KL of Eq. 8 (β = 0). The defaults here
+    (ce_weight = 1, kl_weight = 0) reproduce the code; β is the switch for the term it drops.
+
+    Args:
+        output: `PiNI.forward` output, logits (K, B, C) and the noise distributions.
+        labels: (B,) class indices.
+        ce_weight: weight of L_CE (0 switches it off — e.g. to look at the KL alone).
+        kl_weight: β, weight of Σ_injectors KL(p_θ ‖ N(0, s² I)).
+            The text noise is shared by the whole data set, so its dataset-level ELBO weight per
+            example is β/N; the image noise is per example, weight β. One β for both keeps the
+            switch simple; scale it to taste.
+        prior_std: s, the prior's standard deviation.
+    Returns:
+        {"loss", "cross_entropy", "kl"} — scalar tensors; "kl" is computed (and differentiable)
+        only when kl_weight ≠ 0, else 0.
+    """
+    K, B, C = output.logits.shape
+    cross_entropy = F.cross_entropy(output.logits.reshape(K * B, C).float(), labels.repeat(K))
+    kl = output.logits.new_zeros((), dtype=torch.float32)
+    if kl_weight:
+        kl = sum((gaussian_kl(noise, prior_std) for noise in output.noise.values()), kl)
+    return {"loss": ce_weight * cross_entropy + kl_weight * kl, "cross_entropy": cross_entropy, "kl": kl}
+
+
+def pi_noise_information(clean_logits: torch.Tensor, noisy_logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Estimate the quantities of Eq. 2 on a batch, in nats:
+
+    task_entropy        Ĥ(T)       = mean −log p(y | x, P)       (frozen CLIP, no noise)
+    conditional_bound   Ĥ(T|E) ≤   = mean −log q(y | x, ε_k, P)  (Eq. 5, averaged over K)
+    information_bound   Î(T, E) ≥  = Ĥ(T) − conditional_bound
+
+    clean_logits (B, C); noisy_logits (K, B, C). A positive information bound certifies (up to
+    sampling error) that the noise is positive-incentive for this task.
+    """
+    K, B, C = noisy_logits.shape
+    task_entropy = F.cross_entropy(clean_logits.float(), labels)
+    bound = F.cross_entropy(noisy_logits.reshape(K * B, C).float(), labels.repeat(K))
+    return {"task_entropy": task_entropy, "conditional_bound": bound, "information_bound": task_entropy - bound}

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny, randomly initialised open_clip models registered from config files.
+
+No CLIP weights can be downloaded where these tests run, so every test builds a small CLIP of
+the real architecture (a ViT and a ModifiedResNet image tower, CLIP's text transformer and BPE
+tokenizer) from an open_clip model-config JSON written to a temporary folder.
+"""
+import json
+
+import pytest
+import torch
+
+import pini
+
+TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
+TINY_CONFIGS = {
+    "tiny-vit": {
+        "embed_dim": 24,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": TEXT_CFG,
+    },
+    "tiny-resnet": {
+        "embed_dim": 24,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 32},
+        "text_cfg": TEXT_CFG,
+    },
+}
+
+
+def write_config(folder, name):
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(TINY_CONFIGS[name]))
+    return path
+
+
+@pytest.fixture(scope="session")
+def config_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model_configs")
+    for name in TINY_CONFIGS:
+        write_config(folder, name)
+    return folder
+
+
+@pytest.fixture(scope="session", params=sorted(TINY_CONFIGS))
+def tiny_clip(request, config_dir):
+    """(clip, tokenizer, train_transform, eval_transform) for each tiny architecture."""
+    torch.manual_seed(0)
+    return pini.load_clip(str(config_dir / f"{request.param}.json"), pretrained="none")
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(config_dir):
+    torch.manual_seed(0)
+    return pini.load_clip(str(config_dir / "tiny-vit.json"), pretrained="none")
+
+
+CLASSNAMES = ["cat", "golden_retriever", "hot air balloon", "x"]  # names of different token lengths

@@ -1,0 +1,255 @@
+"""pini.py: equalities with open_clip, gradients, the noise distributions, the objective, inference."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pini
+from conftest import CLASSNAMES
+
+
+def zero_shot_logits(clip, tokenizer, images, classnames=CLASSNAMES, template="a photo of a"):
+    """CLIP's zero-shot logits computed with open_clip alone, on PiNI's prompt text."""
+    prompts = [" ".join(["X"] * 16 + [template, name.replace("_", " ")]) + "." for name in classnames]
+    with torch.no_grad():
+        image = clip.encode_image(images, normalize=True)
+        text = clip.encode_text(tokenizer(prompts), normalize=True)
+    return clip.logit_scale.exp() * image @ text.T
+
+
+def silence(model):
+    """Set every injector's μ and σ to exactly zero."""
+    with torch.no_grad():
+        if model.text_injector is not None:
+            model.text_injector.mu.zero_()
+            model.text_injector.sigma.zero_()
+        if model.image_injector is not None:
+            for head in (model.image_injector.to_mu, model.image_injector.to_sigma):
+                head.weight.zero_()
+                head.bias.zero_()
+    return model
+
+
+@pytest.mark.parametrize("image_noise", ["feature", None])
+def test_zero_noise_gives_open_clip_zero_shot_logits(tiny_clip, image_noise):
+    clip, tokenizer, _, _ = tiny_clip
+    torch.manual_seed(1)
+    images = torch.randn(5, 3, 32, 32)
+    model = silence(pini.PiNI(clip, tokenizer, CLASSNAMES, image_noise=image_noise))
+    expected = zero_shot_logits(clip, tokenizer, images)
+    out = model(images, num_samples=3)
+    assert out.logits.shape == (3, 5, len(CLASSNAMES))
+    for k in range(3):
+        torch.testing.assert_close(out.logits[k], expected, atol=1e-5, rtol=0)
+
+
+def test_no_injector_is_zero_shot_clip(tiny_clip):
+    clip, tokenizer, _, _ = tiny_clip
+    images = torch.randn(4, 3, 32, 32)
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, text_noise=False, image_noise=None)
+    assert model.trainable_parameters() == []
+    torch.testing.assert_close(model(images).logits[0], zero_shot_logits(clip, tokenizer, images), atol=1e-5, rtol=0)
+
+
+def test_text_path_on_embeddings_equals_encode_text(tiny_clip):
+    clip, tokenizer, _, _ = tiny_clip
+    tokens = tokenizer(["a", "a photo of a golden retriever.", "hot air balloon over the sea at dawn"])
+    with torch.no_grad():
+        expected = clip.encode_text(tokens)
+        got = pini.encode_text_embeddings(clip, clip.token_embedding(tokens), tokens)
+    # The context was truncated to the longest EOT (far fewer than 77 positions) and still equal.
+    assert int(tokens.argmax(-1).max()) + 1 < tokens.shape[1]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_prompts_mark_placeholder_and_template_positions(tiny_vit):
+    _, tokenizer, _, _ = tiny_vit
+    prompts = pini.build_prompts(tokenizer, CLASSNAMES, "a type of pet, a photo of a", n_ctx=16)
+    # "a type of pet , a photo of a" is 9 BPE tokens; after SOS come 16 placeholders + 9.
+    assert (prompts.noise_start, prompts.noise_end) == (1, 1 + 16 + 9)
+    first = prompts.tokens[0]
+    x_id = tokenizer(["X"])[0][1]
+    assert (first[1:17] == x_id).all()
+    # the class name starts right after the noised span: "cat" for class 0
+    assert first[prompts.noise_end] == tokenizer(["cat"])[0][1]
+
+
+def test_overlong_prompt_is_rejected(tiny_vit):
+    _, tokenizer, _, _ = tiny_vit
+    with pytest.raises(ValueError, match="more than the text encoder's context of 77"):
+        pini.build_prompts(tokenizer, ["a " * 70], n_ctx=16)
+
+
+@pytest.mark.parametrize("image_noise", ["feature", "pixel"])
+def test_only_injectors_learn_and_clip_is_bit_identical(tiny_clip, image_noise):
+    clip, tokenizer, _, _ = tiny_clip
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, image_noise=image_noise)
+    before = {name: p.clone() for name, p in clip.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    for _ in range(2):
+        out = model(torch.randn(4, 3, 32, 32), num_samples=2)
+        loss = pini.pini_objective(out, torch.tensor([0, 1, 2, 3]), kl_weight=1e-3)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for name, p in model.named_parameters():
+        if name.startswith("clip."):
+            assert p.grad is None, name
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    after = clip.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)  # buffers too (ResNet BN stats)
+    assert not clip.training  # PiNI.train() leaves CLIP in eval mode
+
+
+def test_zero_sigma_samples_equal_the_mean():
+    mu = torch.randn(2, 5)
+    noise = pini.Gaussian(mu, torch.zeros(2, 5))
+    samples = noise.sample(7)
+    assert samples.shape == (7, 2, 5)
+    assert torch.equal(samples, mu.expand(7, 2, 5))
+
+
+def test_reparameterised_samples_have_the_right_moments():
+    torch.manual_seed(0)
+    mu, sigma = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 3.0])
+    samples = pini.Gaussian(mu, sigma).sample(200_000)
+    torch.testing.assert_close(samples.mean(0), mu, atol=0.03, rtol=0)
+    torch.testing.assert_close(samples.std(0), sigma, atol=0.03, rtol=0)
+
+
+def test_kl_matches_torch_distributions_and_monte_carlo():
+    torch.manual_seed(0)
+    mu, sigma = torch.randn(3, 4), torch.rand(3, 4) + 0.2
+    noise = pini.Gaussian(mu, sigma, batch_dims=1)
+    prior = torch.distributions.Normal(0.0, 2.0)
+    posterior = torch.distributions.Normal(mu, sigma)
+    closed = torch.distributions.kl_divergence(posterior, prior).sum(-1).mean()
+    torch.testing.assert_close(pini.gaussian_kl(noise, prior_std=2.0), closed)
+    eps = posterior.sample((100_000,))
+    monte_carlo = (posterior.log_prob(eps) - prior.log_prob(eps)).sum(-1).mean()
+    assert abs(monte_carlo - closed) < 0.05
+    # the KL vanishes exactly when the noise *is* the prior
+    assert pini.gaussian_kl(pini.Gaussian(torch.zeros(6), torch.full((6,), 2.0)), 2.0).abs() < 1e-6
+
+
+def test_objective_default_is_the_authors_cross_entropy_and_kl_is_a_switch(tiny_vit):
+    clip, tokenizer, _, _ = tiny_vit
+    torch.manual_seed(0)
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES)
+    labels = torch.tensor([3, 0, 1])
+    out = model(torch.randn(3, 3, 32, 32), num_samples=4)
+    # the authors repeat each label NOISE_NUM times and take plain cross-entropy
+    authors = F.cross_entropy(out.logits.transpose(0, 1).reshape(12, -1), labels.repeat_interleave(4))
+    default = pini.pini_objective(out, labels)
+    torch.testing.assert_close(default["loss"], authors)
+    assert default["kl"] == 0
+    with_kl = pini.pini_objective(out, labels, kl_weight=0.01, prior_std=0.5)
+    expected_kl = pini.gaussian_kl(out.noise["text"], 0.5) + pini.gaussian_kl(out.noise["image"], 0.5)
+    torch.testing.assert_close(with_kl["kl"], expected_kl)
+    torch.testing.assert_close(with_kl["loss"], authors + 0.01 * expected_kl)
+    assert pini.pini_objective(out, labels, ce_weight=0.0)["loss"] == 0
+
+
+def test_pi_noise_information_is_entropy_minus_bound():
+    clean = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    noisy = torch.tensor([[[4.0, 0.0], [0.0, 3.0]]])
+    labels = torch.tensor([0, 1])
+    info = pini.pi_noise_information(clean, noisy, labels)
+    h = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
+    h_noisy = (math.log(1 + math.exp(-4)) + math.log(1 + math.exp(-3))) / 2
+    assert info["task_entropy"].item() == pytest.approx(h)
+    assert info["information_bound"].item() == pytest.approx(h - h_noisy)
+
+
+def test_inference_modes(tiny_vit):
+    clip, tokenizer, _, _ = tiny_vit
+    torch.manual_seed(0)
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES).eval()
+    with torch.no_grad():
+        model.text_injector.sigma.mul_(20)  # make the noise large enough to matter
+    images = torch.randn(6, 3, 32, 32)
+    mean_a, mean_b = model.predict(images, "mean"), model.predict(images, "mean")
+    assert torch.equal(mean_a, mean_b)
+    assert not torch.equal(model.predict(images, "sample"), model.predict(images, "sample"))
+    torch.manual_seed(5)
+    averaged = model.predict(images, "average", num_samples=4)
+    torch.manual_seed(5)
+    logits = model(images, num_samples=4).logits
+    torch.testing.assert_close(averaged.exp(), logits.softmax(-1).mean(0))
+    torch.testing.assert_close(averaged.exp().sum(-1), torch.ones(6))
+    with pytest.raises(ValueError, match="'sample', 'mean', 'average'"):
+        model.predict(images, "median")
+
+
+def test_pixel_noise_maps_have_rms_level():
+    injector = pini.PixelNoiseInjector(level=0.1)
+    noise = injector(torch.randn(2, 3, 16, 16))
+    assert noise.mu.shape == noise.sigma.shape == (2, 3, 16, 16)
+    rms = noise.mu.square().mean(dim=(2, 3)).sqrt()
+    torch.testing.assert_close(rms, torch.full((2, 3), 0.1))
+    assert (noise.sigma >= 0).all()
+
+
+def test_image_injector_shapes_and_attention(tiny_vit):
+    injector = pini.ImageNoiseInjector(dim=24, reduction=2)
+    assert injector.query.out_features == 12
+    noise, attention = injector(torch.randn(5, 24), torch.randn(3, 7, 24))
+    assert noise.mu.shape == noise.sigma.shape == (3, 5, 24)
+    assert (noise.sigma >= 0).all()
+    torch.testing.assert_close(attention.sum(-1), torch.ones(3, 5))
+
+
+def test_training_on_a_separable_task_beats_zero_shot(tiny_vit):
+    """Four classes whose image features sit around four random centroids. A random CLIP's
+    prompts know nothing of them (zero-shot ≈ chance); PiNI's noise alone — CLIP frozen — must
+    learn to move image and text features so that held-out images are classified correctly."""
+    clip, tokenizer, _, _ = tiny_vit
+    torch.manual_seed(0)
+    centroids = 3 * torch.randn(4, clip.text_projection.shape[1])
+    labels = torch.arange(4).repeat(8)
+    train_features = centroids[labels] + torch.randn(32, centroids.shape[1])
+    test_features = centroids[labels] + torch.randn(32, centroids.shape[1])
+    images = torch.zeros(32, 3, 32, 32)  # unused: the frozen image features are given
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES)
+
+    def accuracy(features):
+        return (model.predict(images, image_features=features).argmax(-1) == labels).float().mean().item()
+
+    zero_shot = accuracy(test_features)
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
+    model.train()
+    for _ in range(40):
+        loss = pini.pini_objective(model(images, image_features=train_features), labels)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    assert loss.item() < 0.2
+    assert accuracy(test_features) >= max(0.9, zero_shot + 0.3), zero_shot
+
+
+def test_load_clip_errors_name_what_was_given(tmp_path):
+    with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Q-99'.*ViT-B-16"):
+        pini.load_clip("ViT-Q-99", pretrained="none")
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found: .*missing.pt"):
+        pini.load_clip("RN50", pretrained=str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="unknown pretrained weights 'laion9b'.*'openai'"):
+        pini.load_clip("ViT-B-16", pretrained="laion9b")
+    with pytest.raises(FileNotFoundError, match="model config file not found"):
+        pini.load_clip(str(tmp_path / "nope.json"), pretrained="none")
+
+
+def test_load_clip_from_local_checkpoint(config_dir, tmp_path):
+    torch.manual_seed(3)
+    clip, _, train_tf, _ = pini.load_clip(str(config_dir / "tiny-vit.json"), pretrained="none")
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(clip.state_dict(), checkpoint)
+    torch.manual_seed(4)
+    loaded, _, _, _ = pini.load_clip(str(config_dir / "tiny-vit.json"), pretrained=str(checkpoint))
+    assert all(torch.equal(a, b) for a, b in zip(clip.state_dict().values(), loaded.state_dict().values()))
+    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    names = [type(t).__name__ for t in train_tf.transforms]
+    assert names[:2] == ["RandomResizedCrop", "RandomHorizontalFlip"]
