@@ -4,10 +4,13 @@ No CLIP weights can be downloaded where these tests run, so every test builds a 
 the real architecture (a ViT and a ModifiedResNet image tower, CLIP's text transformer and BPE
 tokenizer) from an open_clip model-config JSON written to a temporary folder.
 """
+import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import pini
 
@@ -54,3 +57,32 @@ def tiny_vit(config_dir):
 
 
 CLASSNAMES = ["cat", "golden_retriever", "hot air balloon", "x"]  # names of different token lengths
+
+
+def jpeg_bytes(color=(200, 30, 30), size=8) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+JPEG = jpeg_bytes()
+
+
+def touch_image(path: Path, data: bytes = JPEG):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def write_json_split(folder: Path, image_dir: str, split_file: str, names, per_class=(4, 2, 3), colors=None):
+    """A CoOp split file over generated images (default per class: 4 train, 2 val, 3 test).
+    `colors`, one per class, gives each class its own image colour (a learnable signal)."""
+    split = {"train": [], "val": [], "test": []}
+    for label, name in enumerate(names):
+        data = jpeg_bytes(colors[label]) if colors else JPEG
+        for part, n in zip(split, per_class):
+            for i in range(n):
+                rel = f"{name.replace(' ', '_')}/{part}_{i}.jpg"
+                touch_image(folder / image_dir / rel, data)
+                split[part].append([rel, label, name])
+    (folder / split_file).write_text(json.dumps(split))
+    return split

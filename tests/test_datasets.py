@@ -1,43 +1,19 @@
 """datasets.py on image trees generated in CoOp's real layouts (no real dataset is available)."""
-import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 import datasets
+from conftest import JPEG, touch_image, write_json_split
 from datasets import DatasetError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 if not FIXTURES.is_dir():  # the checkout may sit elsewhere; tests/fixtures holds a copy
     FIXTURES = Path(__file__).parent / "fixtures"
 CALTECH_SPLIT = FIXTURES / "split_zhou_Caltech101.json"
-
-_buffer = io.BytesIO()
-Image.new("RGB", (8, 8), (200, 30, 30)).save(_buffer, "JPEG")
-JPEG = _buffer.getvalue()
-
-
-def touch_image(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(JPEG)
-
-
-def write_json_split(folder: Path, image_dir: str, split_file: str, names, per_class=(4, 2, 3), prefix=""):
-    """A CoOp split file over generated images: per class 4 train, 2 val, 3 test."""
-    split = {"train": [], "val": [], "test": []}
-    for label, name in enumerate(names):
-        for part, n in zip(split, per_class):
-            for i in range(n):
-                rel = f"{prefix}{name.replace(' ', '_')}/{part}_{i}.jpg"
-                touch_image(folder / image_dir / rel)
-                split[part].append([rel, label, name])
-    (folder / split_file).write_text(json.dumps(split))
-    return split
-
 
 JSON_DATASETS = ["caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101", "sun397", "dtd",
                  "eurosat", "ucf101"]

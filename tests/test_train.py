@@ -1,0 +1,160 @@
+"""train.py end to end on CPU: a tiny random open_clip model and a generated Caltech101 tree."""
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import datasets
+import pini
+import train
+from conftest import write_json_split
+
+CLASSES = ["face", "leopard", "motorbike", "accordion"]
+COLORS = [(220, 20, 20), (20, 220, 20), (20, 20, 220), (220, 220, 20)]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_json_split(root / "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", CLASSES,
+                     per_class=(6, 2, 3), colors=COLORS)
+    write_json_split(root / "dtd", "images", "split_zhou_DescribableTextures.json", ["banded", "dotted"],
+                     per_class=(6, 2, 2), colors=COLORS[:2])
+    return root
+
+
+@pytest.fixture
+def base_args(data_root, config_dir, tmp_path):
+    return ["--data-root", str(data_root), "--model", str(config_dir / "tiny-vit.json"), "--pretrained", "none",
+            "--output-dir", str(tmp_path / "runs"), "--workers", "0", "--batch-size", "4", "--epochs", "2",
+            "--test-batch-size", "5", "--device", "cpu"]
+
+
+def read_result(base, dataset="caltech101", shots=2, seed=1):
+    out = base[base.index("--output-dir") + 1]
+    return json.loads(open(f"{out}/{dataset}/shots_{shots}/seed_{seed}/result.json").read())
+
+
+def test_two_epochs_end_to_end(base_args, capsys):
+    assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2"]) == 0
+    result = read_result(base_args)
+    assert 0 <= result["accuracy"] <= 100 and result["n_test"] == 12 and result["n_train"] == 8
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert result["history"][0]["lr"] == pytest.approx(1e-5)  # the constant warm-up epoch
+    assert result["history"][1]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi / 2)).item()))
+    out = base_args[base_args.index("--output-dir") + 1]
+    summary = open(f"{out}/summary.md").read()
+    assert f"| Caltech101 | {result['accuracy']:.2f} ± 0.00 |" in summary
+    for name in ["summary.csv", "accuracy_vs_shots.png", "caltech101/shots_2/seed_1/noise.png"]:
+        assert (open(f"{out}/{name}", "rb").read(4))
+    # a finished run is skipped on a rerun
+    assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2"]) == 0
+    assert "skipping" in capsys.readouterr().out
+
+
+def test_zero_shot_equals_open_clip(base_args, data_root, config_dir):
+    assert train.main(base_args + ["--dataset", "caltech101", "--zero-shot"]) == 0
+    out = base_args[base_args.index("--output-dir") + 1]
+    reported = json.loads(open(f"{out}/caltech101/zero_shot/result.json").read())
+
+    torch.manual_seed(0)  # train.py seeds 0 before building a random CLIP: the same weights
+    clip, tokenizer, _, eval_tf = pini.load_clip(str(config_dir / "tiny-vit.json"), "none")
+    split = datasets.load_dataset("caltech101", data_root)
+    images = torch.stack([eval_tf(Image.open(item.path)) for item in split.test])
+    labels = torch.tensor([item.label for item in split.test])
+    with torch.no_grad():
+        text = clip.encode_text(tokenizer([f"a photo of a {c}." for c in CLASSES]), normalize=True)
+        image = clip.encode_image(images, normalize=True)
+    expected = 100.0 * ((image @ text.T).argmax(-1) == labels).float().mean().item()
+    assert reported["template"] == "a photo of a {}."
+    assert reported["accuracy"] == pytest.approx(expected)
+
+
+def test_resume_after_interrupt_matches_a_straight_run(base_args, monkeypatch, tmp_path):
+    straight = base_args + ["--dataset", "caltech101", "--shots", "2", "--output-dir", str(tmp_path / "a")]
+    assert train.main(straight) == 0
+
+    original = train.save_checkpoint
+
+    def interrupt_after_first_epoch(path, model, optimizer, scheduler, scaler, epoch, history, meta):
+        original(path, model, optimizer, scheduler, scaler, epoch, history, meta)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    interrupted = base_args + ["--dataset", "caltech101", "--shots", "2", "--output-dir", str(tmp_path / "b")]
+    monkeypatch.setattr(train, "save_checkpoint", interrupt_after_first_epoch)
+    assert train.main(interrupted) == 130
+    assert not (tmp_path / "b/caltech101/shots_2/seed_1/result.json").exists()
+    monkeypatch.setattr(train, "save_checkpoint", original)
+    assert train.main(interrupted + ["--resume"]) == 0
+
+    a = json.loads((tmp_path / "a/caltech101/shots_2/seed_1/result.json").read_text())
+    b = json.loads((tmp_path / "b/caltech101/shots_2/seed_1/result.json").read_text())
+    assert a["accuracy"] == b["accuracy"]
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    wa = torch.load(tmp_path / "a/caltech101/shots_2/seed_1/checkpoint.pt", weights_only=False)["injectors"]
+    wb = torch.load(tmp_path / "b/caltech101/shots_2/seed_1/checkpoint.pt", weights_only=False)["injectors"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_multi_run_summary_table(base_args, tmp_path):
+    args = base_args + ["--dataset", "caltech101", "dtd", "--shots", "1", "2", "--seeds", "1", "2",
+                        "--epochs", "1"]
+    assert train.main(args) == 0
+    out = tmp_path / "runs"
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [(r["dataset"], r["shots"], r["n_seeds"]) for r in rows] == [
+        ("Caltech101", "1", "2"), ("Caltech101", "2", "2"), ("DescribableTextures", "1", "2"),
+        ("DescribableTextures", "2", "2")]
+    for r in rows:
+        accs = [read_result(base_args, "caltech101" if r["dataset"] == "Caltech101" else "dtd",
+                            int(r["shots"]), s)["accuracy"] for s in (1, 2)]
+        assert float(r["mean"]) == pytest.approx(sum(accs) / 2, abs=1e-3)
+    summary = (out / "summary.md").read_text()
+    assert "| dataset | 1-shot | 2-shot |" in summary and "average (2 datasets)" in summary
+
+
+def test_eval_only_reloads_the_injectors(base_args, tmp_path, capsys):
+    assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2", "--inference", "mean"]) == 0
+    checkpoint = tmp_path / "runs/caltech101/shots_2/seed_1/checkpoint.pt"
+    trained = read_result(base_args)["accuracy"]
+    assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2", "--eval-only",
+                                   "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "e")]) == 0
+    evaluated = json.loads((tmp_path / "e/caltech101/shots_2/seed_1/result.json").read_text())["accuracy"]
+    assert evaluated == trained
+    # the same checkpoint on a model with another injector set is refused in one line
+    code = train.main(base_args + ["--dataset", "caltech101", "--shots", "2", "--eval-only", "--noise", "text",
+                                   "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "f")])
+    assert code == 2
+    assert "does not match the model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dataset", "cifar10"], "unknown dataset 'cifar10'"),
+    (["--dataset", "oxford_pets"], "OxfordPets not found: expected the folder"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--precision", "fp16", "--device", "cpu"],
+     "asked for a GPU" if not torch.cuda.is_available() else "fp16 needs a GPU"),
+    (["--model", "ViT-Q-99"], "unknown open_clip model"),
+    (["--pretrained", "/nowhere/clip.pt"], "checkpoint file not found"),
+])
+def test_bad_input_exits_with_one_line(base_args, capsys, extra, message):
+    assert train.main(base_args + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_output_dir_that_cannot_be_written(base_args, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert train.main(base_args + ["--output-dir", str(blocker / "runs")]) == 2
+    assert "cannot write to the output folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shots", ["0", "-1", "two"])
+def test_bad_shots_are_refused_by_the_parser(base_args, capsys, shots):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(base_args + ["--shots", shots])
+    assert exit_.value.code == 2
+    assert "must be a positive integer" in capsys.readouterr().err

@@ -1,0 +1,501 @@
+"""Few-shot training and evaluation of PiNI from one command.
+
+    python train.py --dataset caltech101 --shots 16
+    python train.py --dataset all --shots 1 2 4 8 16 --seeds 1 2 3      # the paper's tables
+    python train.py --dataset caltech101 --zero-shot                     # the CLIP baseline
+    python train.py --dataset path/to/my_images --shots 4                # your own data
+
+Defaults reproduce the authors' protocol: ViT-B/16 with OpenAI weights, SGD (momentum 0.9,
+weight decay 5e-4) lr 1e-3, 100 epochs, cosine schedule after 1 warm-up epoch at 1e-5,
+batch 32, random resized crop + flip, the last epoch tested. Each run writes
+<output-dir>/<dataset>/shots_<k>/seed_<s>/result.json (+ checkpoint.pt, noise.png); every call
+writes summary.md / summary.csv / accuracy_vs_shots.png over the runs it made or found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # write files, never open windows
+import matplotlib.pyplot as plt  # noqa: E402
+import open_clip  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import datasets  # noqa: E402
+import pini  # noqa: E402
+
+NOISE_CHOICES = {  # --noise value -> (text injector, image injector)
+    "both": (True, "feature"),
+    "text": (True, None),
+    "image": (False, "feature"),
+    "pixel": (False, "pixel"),
+    "text+pixel": (True, "pixel"),
+    "none": (False, None),
+}
+CHECKPOINT, RESULT = "checkpoint.pt", "result.json"
+
+
+class UsageError(Exception):
+    """A problem with the command line or the environment, reported as one line."""
+
+
+# -----------------------------------------------------------------------------------------
+# Command line
+# -----------------------------------------------------------------------------------------
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (e.g. 1 2 4 8 16), not {text!r}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", nargs="+", default=["caltech101"],
+                      help=f"one or more of {', '.join(datasets.DATASETS)}; 'all' for the 11 benchmark "
+                           "datasets; or the path of a folder with one sub-folder per class")
+    data.add_argument("--shots", nargs="+", type=positive_int, default=[16], help="images per class (1 2 4 8 16)")
+    data.add_argument("--seeds", "--seed", nargs="+", type=int, default=[1], help="few-shot sample and training seeds")
+    data.add_argument("--data-root", default=datasets.default_data_root(),
+                      help="folder holding the datasets in CoOp's layout (default: $PINI_DATA or ./data)")
+    data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loading processes")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json path")
+    model.add_argument("--pretrained", default="openai",
+                       help="open_clip pretrained tag, local checkpoint file, or 'none' (random weights)")
+    model.add_argument("--noise", choices=NOISE_CHOICES, default="both",
+                       help="injectors to train: text + feature-level image (both, the paper's PiNI), text, "
+                            "image, pixel, text+pixel, none")
+    model.add_argument("--n-ctx", type=int, default=16, help="placeholder context tokens before the template")
+    model.add_argument("--reduction", type=int, default=1, help="image injector hidden size = D / reduction")
+    model.add_argument("--pixel-level", type=float, default=0.1, help="RMS strength of pixel noise")
+
+    objective = p.add_argument_group("objective (see pini.pini_objective)")
+    objective.add_argument("--noise-samples", type=positive_int, default=1, help="K Monte-Carlo noise samples")
+    objective.add_argument("--ce-weight", type=float, default=1.0, help="weight of the cross-entropy bound")
+    objective.add_argument("--kl-weight", type=float, default=0.0,
+                           help="β, weight of KL(p_θ(ε) ‖ N(0, s²I)); 0 = the authors' code")
+    objective.add_argument("--prior-std", type=float, default=1.0, help="s, the prior's standard deviation")
+
+    optim = p.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=positive_int, default=100)
+    optim.add_argument("--lr", type=float, default=1e-3)
+    optim.add_argument("--batch-size", type=positive_int, default=32)
+    optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument("--weight-decay", type=float, default=5e-4)
+    optim.add_argument("--warmup-epochs", type=int, default=1)
+    optim.add_argument("--warmup-lr", type=float, default=1e-5)
+    optim.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                       help="autocast precision; auto = fp16 on CUDA (as the authors), fp32 on CPU")
+    optim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    run = p.add_argument_group("evaluation and runs")
+    run.add_argument("--inference", choices=["mean", "sample", "average"], default="mean",
+                     help="noise at test time: its mean (default), one sample (authors), or K-sample average")
+    run.add_argument("--inference-samples", type=positive_int, default=8, help="K for --inference average")
+    run.add_argument("--test-batch-size", type=positive_int, default=128)
+    run.add_argument("--zero-shot", action="store_true",
+                     help="evaluate frozen CLIP with the dataset's hand-crafted prompt; no training")
+    run.add_argument("--output-dir", default="runs")
+    run.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoint")
+    run.add_argument("--force", action="store_true", help="rerun runs that already have a result")
+    run.add_argument("--eval-only", action="store_true", help="evaluate saved injectors (--checkpoint)")
+    run.add_argument("--checkpoint", help="checkpoint.pt of a trained run, for --eval-only")
+    args = p.parse_args(argv)
+    if args.eval_only and not args.checkpoint:
+        p.error("--eval-only needs --checkpoint path/to/checkpoint.pt")
+    return args
+
+
+# -----------------------------------------------------------------------------------------
+# Set-up
+# -----------------------------------------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        print("warning: no GPU found, running on the CPU (slow for ViT-B/16)", file=sys.stderr)
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} asked for a GPU, but torch sees none (torch.cuda.is_available() is False)")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device):
+    """None for fp32, else the dtype to autocast to."""
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise UsageError("--precision fp16 needs a GPU; on the CPU use fp32 or bf16")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def writable_output(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to the output folder {path}: {error.strerror or error}") from None
+    return path
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def loader(items, transform, batch_size, workers, shuffle=False, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        datasets.ImageDataset(items, transform), batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+        drop_last=shuffle and len(items) >= batch_size,  # as Dassl: no ragged last training batch
+        generator=generator, persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr: float) -> float:
+    """Dassl's schedule: a constant warm-up lr, then cosine annealing over all epochs."""
+    if epoch < warmup_epochs:
+        return warmup_lr / lr
+    return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+# -----------------------------------------------------------------------------------------
+# Evaluation
+# -----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: pini.PiNI, test_loader, device, amp_dtype, mode: str, samples: int) -> float:
+    """Top-1 accuracy (%) of `model.predict` in the given inference mode."""
+    model.eval()
+    correct = total = 0
+    for images, labels in tqdm(test_loader, desc="test", leave=False, dynamic_ncols=True):
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            log_probs = model.predict(images, mode, samples)
+        correct += (log_probs.argmax(-1) == labels).sum().item()
+        total += len(labels)
+    return 100.0 * correct / total
+
+
+@torch.no_grad()
+def zero_shot_accuracy(clip, tokenizer, classnames, template: str, test_loader, device, amp_dtype) -> float:
+    """CLIP's zero-shot accuracy (%) with one hand-crafted prompt per class (e.g. 'a photo of a {}.')."""
+    texts = [template.format(name) for name in classnames]
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        text = clip.encode_text(tokenizer(texts).to(device), normalize=True)  # (C, D)
+    correct = total = 0
+    for images, labels in tqdm(test_loader, desc="zero-shot", leave=False, dynamic_ncols=True):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            image = clip.encode_image(images.to(device), normalize=True)  # (B, D)
+        correct += ((image @ text.T).argmax(-1).cpu() == labels).sum().item()
+        total += len(labels)
+    return 100.0 * correct / total
+
+
+# -----------------------------------------------------------------------------------------
+# Checkpoints
+# -----------------------------------------------------------------------------------------
+
+def injector_state(model: pini.PiNI) -> dict:
+    """The trainable state only: the injectors (CLIP is never changed, so never saved)."""
+    return {name: value for name, value in model.state_dict().items() if not name.startswith("clip.")}
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, epoch: int, history: list, meta: dict):
+    state = {"injectors": injector_state(model), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+             "epoch": epoch, "history": history, "meta": meta}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interrupt never leaves half a checkpoint
+
+
+def load_injectors(model: pini.PiNI, state: dict, path):
+    """Load saved injectors, or say in one line why they do not fit this model."""
+    hint = f"checkpoint {path} does not match the model (same --model, --noise, --n-ctx, dataset and template?)"
+    expected = set(injector_state(model))
+    if set(state) != expected:
+        raise UsageError(f"{hint}: missing {sorted(expected - set(state))[:3]}, "
+                         f"unexpected {sorted(set(state) - expected)[:3]}")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shapes differ
+        raise UsageError(f"{hint}: {str(error).strip().splitlines()[-1].strip()}") from None
+
+
+# -----------------------------------------------------------------------------------------
+# One run
+# -----------------------------------------------------------------------------------------
+
+def run_one(args, clip, tokenizer, transforms, split, shots: int, seed: int, device, amp_dtype, out: Path) -> dict:
+    """Train PiNI on one few-shot sample (dataset, shots, seed) and test it; returns the result."""
+    out.mkdir(parents=True, exist_ok=True)
+    train_tf, eval_tf = transforms
+    train_items, _ = datasets.few_shot(split, shots, seed)
+    datasets.check_files(train_items, f"{split.info.name} few-shot train")
+    datasets.check_files(split.test, f"{split.info.name} test")
+    test_loader = loader(split.test, eval_tf, args.test_batch_size, args.workers)
+
+    seed_everything(seed)
+    text_noise, image_noise = NOISE_CHOICES[args.noise]
+    model = pini.PiNI(clip, tokenizer, split.classnames, split.info.template, args.n_ctx, text_noise,
+                      image_noise, args.reduction, args.pixel_level).to(device)
+    params = model.trainable_parameters()
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: lr_factor(e, args.epochs, args.warmup_epochs, args.warmup_lr, args.lr))
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    meta = {"dataset": split.info.name, "shots": shots, "seed": seed, "model": args.model, "noise": args.noise}
+
+    history, start_epoch, checkpoint_path = [], 0, out / CHECKPOINT
+    if args.eval_only:
+        state = torch.load(args.checkpoint, map_location=device, weights_only=False)
+        load_injectors(model, state["injectors"], args.checkpoint)
+        history, start_epoch = state.get("history", []), args.epochs
+    elif args.resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        load_injectors(model, state["injectors"], checkpoint_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        history, start_epoch = state["history"], state["epoch"] + 1
+        tqdm.write(f"resuming {out} after epoch {start_epoch}")
+
+    started = time.time()
+    train_loader = loader(train_items, train_tf, args.batch_size, args.workers, shuffle=True)
+    for epoch in tqdm(range(start_epoch, args.epochs), desc=f"{split.info.name} {shots}-shot seed {seed}",
+                      initial=start_epoch, total=args.epochs, dynamic_ncols=True):
+        # Each epoch's randomness (shuffle, augmentation, noise) is a function of (seed, epoch) alone,
+        # so a run resumed from a checkpoint continues exactly as the uninterrupted run would.
+        seed_everything(seed * 100_003 + epoch)
+        train_loader.generator.manual_seed(seed * 100_003 + epoch)
+        stats = train_epoch(model, train_loader, optimizer, scaler, args, device, amp_dtype)
+        stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
+        scheduler.step()
+        history.append(stats)
+        tqdm.write(f"epoch {epoch + 1}/{args.epochs}  loss {stats['loss']:.4f}  train acc {stats['acc']:.1f}%  "
+                   f"lr {stats['lr']:.2e}  {stats['seconds']:.1f}s")
+        save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, epoch, history, meta)
+
+    seed_everything(seed)  # the "sample" inference mode draws noise: make it repeatable
+    accuracy = evaluate(model, test_loader, device, amp_dtype, args.inference, args.inference_samples)
+    result = {**meta, "accuracy": accuracy, "inference": args.inference, "history": history,
+              "train_seconds": sum(h["seconds"] for h in history), "wall_seconds": time.time() - started,
+              "n_train": len(train_items), "n_test": len(split.test), "n_classes": len(split.classnames),
+              "trainable_parameters": sum(p.numel() for p in params), "device": str(device),
+              "config": vars(args), "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__}}
+    (out / RESULT).write_text(json.dumps(result, indent=1, default=str))
+    plot_noise(model, test_loader, device, out / "noise.png")
+    tqdm.write(f"{split.info.name} {shots}-shot seed {seed}: test accuracy {accuracy:.2f}%")
+    return result
+
+
+def train_epoch(model, train_loader, optimizer, scaler, args, device, amp_dtype) -> dict:
+    model.train()
+    started, total_loss, correct, seen = time.time(), 0.0, 0, 0
+    for images, labels in train_loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            output = model(images, num_samples=args.noise_samples)
+            losses = pini.pini_objective(output, labels, args.ce_weight, args.kl_weight, args.prior_std)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.scale(losses["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            losses["loss"].backward()
+            optimizer.step()
+        if not math.isfinite(losses["loss"].item()):
+            raise UsageError("the loss became non-finite; try --precision fp32 or bf16, or a smaller --lr")
+        total_loss += losses["loss"].item() * len(labels)
+        correct += (output.logits.argmax(-1) == labels).float().mean(0).sum().item()
+        seen += len(labels)
+    return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1),
+            "seconds": time.time() - started}
+
+
+# -----------------------------------------------------------------------------------------
+# Plots and the summary table
+# -----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def plot_noise(model: pini.PiNI, test_loader, device, path: Path):
+    """What the injectors learned: text σ per token position; image μ/σ statistics or maps."""
+    panels = (["text"] if model.text_injector else []) + (["image"] if model.image_injector or model.pixel_injector else [])
+    if not panels:
+        return
+    images = next(iter(test_loader))[0][:4].to(device)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        if name == "text":
+            noise = model.text_injector()
+            ax.bar(range(len(noise.sigma)), noise.sigma.float().mean(-1).cpu(), label="mean σ")
+            ax.plot(noise.mu.float().abs().mean(-1).cpu(), "k.-", label="mean |μ|")
+            ax.set_xlabel("noised token position (16 placeholders, then the template)")
+            ax.set_ylabel("over the embedding width")
+            ax.set_title("text noise")
+            ax.legend()
+        else:
+            out = model(images, use_mean=True)
+            noise = out.noise["image"]
+            if noise.mu.dim() == 4:  # pixel maps: σ of the first image, averaged over RGB
+                ax.imshow(noise.sigma[0].float().mean(0).cpu(), cmap="magma")
+                ax.set_title("pixel noise σ (first test image)")
+                ax.axis("off")
+            else:
+                ax.hist(noise.mu.float().flatten().cpu(), bins=50, alpha=0.6, label="μ")
+                ax.hist(noise.sigma.float().flatten().cpu(), bins=50, alpha=0.6, label="σ")
+                ax.set_xlabel("value per feature dimension (4 test images)")
+                ax.set_ylabel("count")
+                ax.set_title("feature-level image noise")
+                ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_summary(results: list, out: Path):
+    """Mean ± std over seeds per dataset × shots (markdown + CSV), and accuracy vs. shots (PNG)."""
+    cells = {}
+    for r in results:
+        column = "zero-shot" if r["shots"] == 0 else r["shots"]
+        cells.setdefault(r["dataset"], {}).setdefault(column, []).append(r["accuracy"])
+    columns = sorted({c for row in cells.values() for c in row}, key=lambda c: -1 if c == "zero-shot" else c)
+    names = sorted(cells, key=lambda d: _benchmark_order(d))
+
+    def fmt(values):
+        if not values:
+            return ""
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+    header = ["dataset"] + [c if c == "zero-shot" else f"{c}-shot" for c in columns]
+    rows = [[name] + [fmt(cells[name].get(c, [])) for c in columns] for name in names]
+    means = [[statistics.mean(cells[n][c]) for n in names if c in cells[n]] for c in columns]
+    rows.append([f"average ({len(names)} datasets)"] + [f"{statistics.mean(m):.2f}" if m else "" for m in means])
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    (out / "summary.md").write_text("Top-1 test accuracy (%), mean ± std over seeds.\n\n" + "\n".join(table) + "\n")
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "shots", "mean", "std", "n_seeds"])
+        for name in names:
+            for c in columns:
+                values = cells[name].get(c)
+                if values:
+                    std = statistics.stdev(values) if len(values) > 1 else 0.0
+                    writer.writerow([name, 0 if c == "zero-shot" else c, f"{statistics.mean(values):.4f}",
+                                     f"{std:.4f}", len(values)])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        shots = [c for c in columns if c != "zero-shot" and c in cells[name]]
+        if shots:
+            ax.plot(shots, [statistics.mean(cells[name][c]) for c in shots], "o-", label=name)
+        if "zero-shot" in cells[name]:
+            ax.axhline(statistics.mean(cells[name]["zero-shot"]), ls=":", color="gray")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("PiNI few-shot accuracy (dotted: zero-shot CLIP)")
+    if ax.get_lines() and any(not line.get_label().startswith("_") for line in ax.get_lines()):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_shots.png", dpi=100)
+    plt.close(fig)
+    return "\n".join(table)
+
+
+def _benchmark_order(name: str):
+    order = [datasets.DATASETS[a].name for a in datasets.BENCHMARK]
+    return (order.index(name), name) if name in order else (len(order), name)
+
+
+# -----------------------------------------------------------------------------------------
+# Main
+# -----------------------------------------------------------------------------------------
+
+def run(args) -> list:
+    out = writable_output(Path(args.output_dir))
+    device = pick_device(args.device)
+    amp_dtype = autocast_dtype(args.precision, device)
+    names = datasets.BENCHMARK if args.dataset == ["all"] else [datasets.resolve_name(d) for d in args.dataset]
+    torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
+    clip, tokenizer, train_tf, eval_tf = pini.load_clip(args.model, args.pretrained, device)
+
+    results = []
+    for name in names:
+        split = datasets.load_dataset(name, args.data_root)
+        folder = out / split.info.alias
+        if args.zero_shot:
+            result_path = folder / "zero_shot" / RESULT
+            if result_path.is_file() and not args.force:
+                results.append(json.loads(result_path.read_text()))
+                continue
+            datasets.check_files(split.test, f"{split.info.name} test")
+            test_loader = loader(split.test, eval_tf, args.test_batch_size, args.workers)
+            accuracy = zero_shot_accuracy(clip, tokenizer, split.classnames, split.info.zero_shot, test_loader,
+                                          device, amp_dtype)
+            result = {"dataset": split.info.name, "shots": 0, "seed": 0, "accuracy": accuracy,
+                      "template": split.info.zero_shot, "model": args.model, "n_test": len(split.test)}
+            result_path.parent.mkdir(parents=True, exist_ok=True)
+            result_path.write_text(json.dumps(result, indent=1))
+            tqdm.write(f"{split.info.name} zero-shot: test accuracy {accuracy:.2f}%")
+            results.append(result)
+            continue
+        for shots in args.shots:
+            for seed in args.seeds:
+                run_dir = folder / f"shots_{shots}" / f"seed_{seed}"
+                if (run_dir / RESULT).is_file() and not (args.force or args.eval_only):
+                    tqdm.write(f"skipping {run_dir}: already finished (--force reruns it)")
+                    results.append(json.loads((run_dir / RESULT).read_text()))
+                    continue
+                results.append(run_one(args, clip, tokenizer, (train_tf, eval_tf), split, shots, seed,
+                                       device, amp_dtype, run_dir))
+    table = write_summary(results, out)
+    print(table)
+    return results
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (UsageError, datasets.DatasetError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last finished epoch is saved; rerun the same command with --resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
