@@ -207,9 +207,77 @@ def encode_text_embeddings(clip, embeddings: torch.Tensor, tokens: torch.Tensor)
     x = clip.ln_final(x)
     x = open_clip.transformer.text_global_pool(x, tokens[:, :length], clip.text_pool_type,
                                                eos_token_id=getattr(clip, "text_eos_id", None))  # (N, W)
+    return _project_text(clip, x)
+
+
+def _project_text(clip, pooled: torch.Tensor) -> torch.Tensor:
+    """CLIP's text projection: (..., W) -> (..., D)."""
     if isinstance(clip.text_projection, nn.Linear):
-        return clip.text_projection(x)
-    return x @ clip.text_projection if clip.text_projection is not None else x  # (N, D)
+        return clip.text_projection(pooled)
+    return pooled @ clip.text_projection if clip.text_projection is not None else pooled
+
+
+def supports_shared_prefix(clip) -> bool:
+    """Whether `encode_text_shared_prefix` applies: CLIP's causal, EOT-pooled text transformer
+    built from open_clip's standard blocks (nn.MultiheadAttention without dropout)."""
+    blocks = clip.transformer.resblocks
+    return (clip.text_pool_type == "argmax" and clip.attn_mask is not None and clip.transformer.batch_first
+            and all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) and b.attn.dropout == 0
+                    and b.attn._qkv_same_embed_dim and not hasattr(b, "ln_1_kv") for b in blocks))
+
+
+def encode_text_shared_prefix(clip, prefix: torch.Tensor, suffix: torch.Tensor, suffix_tokens: torch.Tensor):
+    """The text tower for prompts that share their first P token embeddings — exactly.
+
+    Every PiNI prompt starts with the same P tokens (SOS, the placeholders, the template, and the
+    shared text noise on them); only the last S tokens (class name, ".", EOT, padding) differ.
+    Under the causal mask a token only sees earlier tokens, so the hidden states of the prefix are
+    the same for every class at every layer. We therefore run the prefix once per noise sample
+    and run each class's suffix with attention to [prefix; own earlier tokens]:
+
+        prefix tokens:  C·P·L  ->  P·L   transformer-token evaluations (L layers)
+        suffix tokens:  each attends to the P prefix keys/values, computed once
+
+    The output equals `encode_text_embeddings` on the concatenated prompts up to float rounding
+    (tested, with gradients). The first P positions must hold no padding.
+
+    prefix: (K, P, W) embeddings; suffix: (C, S, W) embeddings (shared by the K samples);
+    suffix_tokens: (C, S) their ids (to find EOT). Returns (K, C, D).
+    """
+    K, P, W = prefix.shape
+    C, S = suffix_tokens.shape
+    cast_dtype = clip.transformer.get_cast_dtype()
+    length = int(suffix_tokens.argmax(dim=-1).max()) + 1  # truncate the suffix after the last EOT
+    suffix_tokens = suffix_tokens[:, :length]
+    positions = clip.positional_embedding.to(cast_dtype)
+    x_p = prefix.to(cast_dtype) + positions[:P]  # (K, P, W)
+    x_s = (suffix[:, :length].to(cast_dtype) + positions[P:P + length]).expand(K, C, length, W)  # (K, C, S, W)
+    # suffix row i may see every prefix column and suffix columns ≤ i
+    allowed = torch.ones(length, P + length, dtype=torch.bool, device=prefix.device)
+    allowed[:, P:] = torch.ones(length, length, dtype=torch.bool, device=prefix.device).tril()
+    for block in clip.transformer.resblocks:
+        attn, heads = block.attn, block.attn.num_heads
+
+        def split_heads(t):  # (..., L, W) -> (..., H, L, W/H)
+            return t.unflatten(-1, (heads, W // heads)).transpose(-3, -2)
+
+        q_p, k_p, v_p = map(split_heads, F.linear(block.ln_1(x_p), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
+        q_s, k_s, v_s = map(split_heads, F.linear(block.ln_1(x_s), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
+        out_p = F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True)  # (K, H, P, W/H)
+        k_all = torch.cat([k_p.unsqueeze(1).expand(K, C, *k_p.shape[1:]), k_s], dim=-2)  # (K, C, H, P+S, W/H)
+        v_all = torch.cat([v_p.unsqueeze(1).expand(K, C, *v_p.shape[1:]), v_s], dim=-2)
+        out_s = F.scaled_dot_product_attention(q_s, k_all, v_all, attn_mask=allowed)  # (K, C, H, S, W/H)
+
+        def merge_heads(t):  # (..., H, L, W/H) -> (..., L, W) -> output projection
+            return attn.out_proj(t.transpose(-3, -2).flatten(-2))
+
+        x_p = x_p + block.ls_1(merge_heads(out_p))
+        x_s = x_s + block.ls_1(merge_heads(out_s))
+        x_p = x_p + block.ls_2(block.mlp(block.ln_2(x_p)))
+        x_s = x_s + block.ls_2(block.mlp(block.ln_2(x_s)))
+    eot = suffix_tokens.argmax(dim=-1)  # (C,) EOT position within the suffix
+    pooled = clip.ln_final(x_s[:, torch.arange(C, device=eot.device), eot])  # (K, C, W)
+    return _project_text(clip, pooled)  # (K, C, D)
 
 
 # -----------------------------------------------------------------------------------------
@@ -387,13 +455,15 @@ class PiNI(nn.Module):
         reduction: hidden size of the feature injector's attention = D / reduction.
         pixel_level: RMS strength of the pixel noise maps (0.1).
         init_std: std of the normal initialisation of the text μ and σ (0.02).
+        shared_prefix: encode the prompts' common prefix once per step
+            (`encode_text_shared_prefix`, exact); False runs every full prompt (slower, same output).
 
     With text_noise=False and image_noise=None this is zero-shot CLIP on the same prompts.
     """
 
     def __init__(self, clip, tokenizer, classnames, template: str = "a photo of a", n_ctx: int = 16,
                  text_noise: bool = True, image_noise: Optional[str] = "feature", reduction: int = 1,
-                 pixel_level: float = 0.1, init_std: float = 0.02):
+                 pixel_level: float = 0.1, init_std: float = 0.02, shared_prefix: bool = True):
         super().__init__()
         if image_noise not in ("feature", "pixel", None):
             raise ValueError(f"image_noise must be 'feature', 'pixel' or None, not {image_noise!r}")
@@ -401,8 +471,13 @@ class PiNI(nn.Module):
         self.classnames = list(classnames)
         prompts = build_prompts(tokenizer, self.classnames, template, n_ctx)
         self.noise_start, self.noise_end = prompts.noise_start, prompts.noise_end
+        self.shared_prefix = shared_prefix and supports_shared_prefix(clip)
         device = clip.logit_scale.device
-        self.register_buffer("prompt_tokens", prompts.tokens.to(device), persistent=False)  # (C, L)
+        tokens = prompts.tokens
+        if clip.text_pool_type == "argmax" and clip.attn_mask is not None:
+            # causal mask: nothing after the last EOT affects any output, so it is never stored
+            tokens = tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]
+        self.register_buffer("prompt_tokens", tokens.to(device), persistent=False)  # (C, L)
         with torch.no_grad():
             embeddings = clip.token_embedding(self.prompt_tokens)  # (C, L, W)
         self.register_buffer("prompt_embeddings", embeddings, persistent=False)
@@ -439,6 +514,13 @@ class PiNI(nn.Module):
         """noise (K, n_noise_tokens, W) or None -> (K, C, D) (K = 1 without noise).
 
         ε_t is added to the same positions of every class prompt (shared by all classes)."""
+        if self.shared_prefix:
+            P = self.noise_end  # SOS + placeholders + template: the same tokens for every class
+            prefix = self.prompt_embeddings[:1, :P]  # (1, P, W)
+            if noise is not None:
+                prefix = prefix + F.pad(noise, (0, 0, self.noise_start, 0))  # (K, P, W)
+            return encode_text_shared_prefix(self.clip, prefix, self.prompt_embeddings[:, P:],
+                                             self.prompt_tokens[:, P:])
         embeddings = self.prompt_embeddings.unsqueeze(0)  # (1, C, L, W)
         if noise is not None:
             pad = (0, 0, self.noise_start, embeddings.shape[2] - self.noise_end)

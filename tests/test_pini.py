@@ -1,4 +1,5 @@
 """pini.py: equalities with open_clip, gradients, the noise distributions, the objective, inference."""
+import copy
 import math
 
 import pytest
@@ -253,3 +254,39 @@ def test_load_clip_from_local_checkpoint(config_dir, tmp_path):
     assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
     names = [type(t).__name__ for t in train_tf.transforms]
     assert names[:2] == ["RandomResizedCrop", "RandomHorizontalFlip"]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_shared_prefix_equals_full_prompts_with_gradients(tiny_clip, num_samples, dtype, tolerance):
+    """Encoding the common prefix once gives the full-prompt features and gradients: to
+    rounding in float64, and within `tolerance` of the largest value in float32."""
+    clip, tokenizer, _, _ = tiny_clip
+    clip = copy.deepcopy(clip).to(dtype)
+    names = CLASSNAMES + ["a very long class name of many many tokens indeed"]
+    fast = pini.PiNI(clip, tokenizer, names, template="a type of pet, a photo of a", image_noise=None).to(dtype)
+    slow = pini.PiNI(clip, tokenizer, names, template="a type of pet, a photo of a", image_noise=None,
+                     shared_prefix=False).to(dtype)
+    assert fast.shared_prefix and not slow.shared_prefix
+    slow.text_injector.load_state_dict(fast.text_injector.state_dict())
+    torch.manual_seed(0)
+    z = 50 * torch.randn(num_samples, *fast.text_injector.mu.shape, dtype=dtype)  # large, so errors show
+    features = {}
+    for name, model in [("fast", fast), ("slow", slow)]:
+        injector = model.text_injector
+        out = model.text_features(injector.mu + injector.sigma.abs() * z)  # the same ε for both
+        (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum().backward()
+        features[name] = (out.detach(), injector.mu.grad.clone(), injector.sigma.grad.clone())
+    assert features["fast"][0].shape == (num_samples, len(names), clip.text_projection.shape[1])
+    for fast_part, slow_part in zip(features["fast"], features["slow"]):
+        scale = slow_part.abs().max().item()
+        torch.testing.assert_close(fast_part, slow_part, atol=tolerance * scale, rtol=0)
+
+
+def test_shared_prefix_without_noise_equals_encode_text(tiny_vit):
+    clip, tokenizer, _, _ = tiny_vit
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, text_noise=False, image_noise=None)
+    prompts = [" ".join(["X"] * 16 + ["a photo of a", c.replace("_", " ")]) + "." for c in CLASSNAMES]
+    with torch.no_grad():
+        torch.testing.assert_close(model.text_features(None)[0], clip.encode_text(tokenizer(prompts)),
+                                   atol=1e-5, rtol=0)
