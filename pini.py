@@ -330,25 +330,55 @@ def gaussian_kl(noise: Gaussian, prior_std: float = 1.0) -> torch.Tensor:
 # -----------------------------------------------------------------------------------------
 
 class TextNoiseInjector(nn.Module):
-    """Learned p_θ(ε_t) = N(μ_t, diag σ_t²) over the placeholder + template token embeddings.
+    """Learned p_θ(ε_t) = N(μ_t, diag σ_t²), free parameters — the authors' text injector.
 
-    μ_t, σ_t: (n_tokens, W), one row per noised token position, initialised N(0, 0.02²) as in
-    the authors' code. The noise is not conditioned on the image: one sample ε_t is drawn per
-    forward pass and shared by all C class prompts, so it perturbs the *context* the classes
-    are described in, never a class name.
+    At the token position (the default) μ_t, σ_t have shape (n_tokens, W): one row per noised
+    token position (placeholders + template), initialised N(0, 0.02²) as in the authors' code. The
+    noise is not conditioned on the image: one sample ε_t is drawn per forward pass and shared by
+    all C class prompts, so it perturbs the *context* the classes are described in, never a class
+    name. At the feature position (a variant the paper compares) the shape is (C, D): one noise
+    per class text feature, added after the encoder.
 
     σ_t is stored as a free parameter and used as |σ_t|: the authors multiply z by the raw
     parameter, which gives the same distribution (z and −z are equally likely); the absolute
     value only matters for the KL term, where σ must be positive.
     """
 
-    def __init__(self, n_tokens: int, width: int, init_std: float = 0.02):
+    def __init__(self, *shape: int, init_std: float = 0.02):
         super().__init__()
-        self.mu = nn.Parameter(torch.randn(n_tokens, width) * init_std)
-        self.sigma = nn.Parameter(torch.randn(n_tokens, width) * init_std)
+        self.mu = nn.Parameter(torch.randn(*shape) * init_std)
+        self.sigma = nn.Parameter(torch.randn(*shape) * init_std)
 
-    def forward(self) -> Gaussian:
+    def forward(self, class_features: Optional[torch.Tensor] = None) -> Gaussian:
+        """`class_features` is ignored: this noise is not conditioned on anything."""
         return Gaussian(self.mu, self.sigma.abs())
+
+
+class ConditionedTextNoiseInjector(nn.Module):
+    """p_θ(ε_t | c) from a small network conditioned on each class's text feature.
+
+    The paper's overview figure draws the text noise as the output of a network rather than free
+    parameters. Here a two-layer MLP maps the (noise-free, frozen) text feature f_c of each class to
+    the μ and σ of that class's noise, of shape `out_shape`: (n_tokens, W) at the token position
+    (then every class has its own noised context, so prompts no longer share a prefix) or (D,) at
+    the feature position. The heads start small (std `init_std`), like the free injector.
+    """
+
+    def __init__(self, dim: int, *out_shape: int, hidden: int = 64, init_std: float = 0.02):
+        super().__init__()
+        self.out_shape = out_shape
+        size = math.prod(out_shape)
+        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.GELU())
+        self.to_mu, self.to_sigma = nn.Linear(hidden, size), nn.Linear(hidden, size)
+        for head in (self.to_mu, self.to_sigma):
+            nn.init.normal_(head.weight, std=init_std / math.sqrt(hidden))
+            nn.init.normal_(head.bias, std=init_std)
+
+    def forward(self, class_features: torch.Tensor) -> Gaussian:
+        """class_features (C, D) -> Gaussian (C, *out_shape)."""
+        h = self.body(class_features)  # (C, hidden)
+        shape = (len(class_features), *self.out_shape)
+        return Gaussian(self.to_mu(h).view(shape), self.to_sigma(h).abs().view(shape))
 
 
 # -----------------------------------------------------------------------------------------
@@ -366,6 +396,9 @@ class ImageNoiseInjector(nn.Module):
 
     The logits q · k_c are not divided by √h: the authors' code does not, and we keep its
     behaviour (`scaled=True` adds the usual 1/√h). h = D / reduction.
+
+    The query may also be a set of patch tokens (B, N, D) instead of the global feature (B, D):
+    the patch-query variant, with one μ and σ per patch.
     """
 
     def __init__(self, dim: int, reduction: int = 1, scaled: bool = False):
@@ -376,12 +409,32 @@ class ImageNoiseInjector(nn.Module):
         self.scale = hidden**-0.5 if scaled else 1.0
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor):
-        """image_features (B, D), text_features (K, C, D) -> Gaussian (K, B, D), attention (K, B, C)."""
-        q = self.query(image_features)  # (B, h)
+        """image_features (B, D) or patch tokens (B, N, D); text_features (K, C, D)
+        -> Gaussian (K, B, D) or (K, B, N, D), attention (K, B, C) or (K, B, N, C)."""
+        q = self.query(image_features)  # (B, [N,] h)
         k, v = self.key(text_features), self.value(text_features)  # (K, C, h)
-        attention = torch.einsum("bh,kch->kbc", q, k).mul(self.scale).softmax(dim=-1)  # (K, B, C)
-        attended = attention @ v  # (K, B, h)
+        logits = torch.einsum("...h,kch->k...c", q, k)  # (K, B, [N,] C)
+        attention = logits.mul(self.scale).softmax(dim=-1)
+        attended = torch.einsum("k...c,kch->k...h", attention, v)  # (K, B, [N,] h)
         return Gaussian(self.to_mu(attended), self.to_sigma(attended).abs(), batch_dims=2), attention
+
+
+class MLPNoiseInjector(nn.Module):
+    """Feature-level image noise from the image feature alone: μ_v, σ_v = MLP(f_v).
+
+    The generator the paper compares with cross-attention: it sees the image but not the classes.
+    """
+
+    def __init__(self, dim: int, reduction: int = 1):
+        super().__init__()
+        hidden = dim // reduction
+        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.GELU())
+        self.to_mu, self.to_sigma = nn.Linear(hidden, dim), nn.Linear(hidden, dim)
+
+    def forward(self, image_features: torch.Tensor) -> Gaussian:
+        """image_features (B, D) -> Gaussian (B, D)."""
+        h = self.body(image_features)
+        return Gaussian(self.to_mu(h), self.to_sigma(h).abs(), batch_dims=1)
 
 
 class PixelNoiseInjector(nn.Module):
@@ -434,6 +487,12 @@ class PiNIOutput:
     noise: dict
 
 
+TEXT_NOISE = ("tokens", "feature", None)
+TEXT_GENERATORS = ("free", "conditioned")
+IMAGE_NOISE = ("cross-attention", "patch", "mlp", "pixel", None)
+CONTROLS = (None, "no_sigma", "no_mu")
+
+
 class PiNI(nn.Module):
     """A frozen CLIP classifier whose text and/or image side is perturbed by learned noise.
 
@@ -450,25 +509,43 @@ class PiNI(nn.Module):
         classnames: the C class names.
         template: the per-dataset prompt template, e.g. "a photo of a".
         n_ctx: number of placeholder context tokens before the template (16).
-        text_noise: learn the text noise injector.
-        image_noise: "feature", "pixel", or None.
-        reduction: hidden size of the feature injector's attention = D / reduction.
+        text_noise: where the text noise enters — "tokens" (the prompt's placeholder + template
+            embeddings, the paper's PiNI), "feature" (each class's text feature, after the
+            encoder), or None.
+        text_generator: "free" (learned μ, σ — the authors' code) or "conditioned" (an MLP on
+            each class's text feature).
+        image_noise: the image injector — "cross-attention" (global image feature queries the
+            class text features; the paper's PiNI), "patch" (each patch token queries them: per-patch
+            μ/σ, averaged into the global feature; ViT towers), "mlp" (from the image feature alone),
+            "pixel" (a CNN's per-pixel μ/σ maps added to the input image), or None.
+        control: None, "no_sigma" (σ fixed at 0: a deterministic learned shift, prompt-tuning-like)
+            or "no_mu" (μ fixed at 0: pure, zero-mean noise of learned scale) — the controls that
+            ask whether it is the noise or only its mean that helps.
+        reduction: hidden size of the image injector = D / reduction.
         pixel_level: RMS strength of the pixel noise maps (0.1).
         init_std: std of the normal initialisation of the text μ and σ (0.02).
         shared_prefix: encode the prompts' common prefix once per step
             (`encode_text_shared_prefix`, exact); False runs every full prompt (slower, same output).
 
-    With text_noise=False and image_noise=None this is zero-shot CLIP on the same prompts.
+    With text_noise=None and image_noise=None this is zero-shot CLIP on the same prompts.
     """
 
     def __init__(self, clip, tokenizer, classnames, template: str = "a photo of a", n_ctx: int = 16,
-                 text_noise: bool = True, image_noise: Optional[str] = "feature", reduction: int = 1,
+                 text_noise: Optional[str] = "tokens", image_noise: Optional[str] = "cross-attention",
+                 text_generator: str = "free", control: Optional[str] = None, reduction: int = 1,
                  pixel_level: float = 0.1, init_std: float = 0.02, shared_prefix: bool = True):
         super().__init__()
-        if image_noise not in ("feature", "pixel", None):
-            raise ValueError(f"image_noise must be 'feature', 'pixel' or None, not {image_noise!r}")
+        for name, value, allowed in [("text_noise", text_noise, TEXT_NOISE), ("image_noise", image_noise, IMAGE_NOISE),
+                                     ("text_generator", text_generator, TEXT_GENERATORS),
+                                     ("control", control, CONTROLS)]:
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+        if image_noise == "patch" and not hasattr(clip.visual, "output_tokens"):
+            raise ValueError("the patch-query image injector needs a ViT image tower (patch tokens); "
+                             f"this CLIP has a {type(clip.visual).__name__}")
         self.clip = clip.eval().requires_grad_(False)
         self.classnames = list(classnames)
+        self.text_noise, self.image_noise, self.control = text_noise, image_noise, control
         prompts = build_prompts(tokenizer, self.classnames, template, n_ctx)
         self.noise_start, self.noise_end = prompts.noise_start, prompts.noise_end
         self.shared_prefix = shared_prefix and supports_shared_prefix(clip)
@@ -479,17 +556,34 @@ class PiNI(nn.Module):
             tokens = tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]
         self.register_buffer("prompt_tokens", tokens.to(device), persistent=False)  # (C, L)
         with torch.no_grad():
-            embeddings = clip.token_embedding(self.prompt_tokens)  # (C, L, W)
-        self.register_buffer("prompt_embeddings", embeddings, persistent=False)
+            self.register_buffer("prompt_embeddings", clip.token_embedding(self.prompt_tokens), persistent=False)
+            # CLIP is frozen and the prompts fixed: the noise-free text features are a constant.
+            self.register_buffer("clean_text_features", self.text_features(None)[0], persistent=False)  # (C, D)
 
-        width = embeddings.shape[-1]
-        dim = clip.text_projection.shape[-1] if isinstance(clip.text_projection, torch.Tensor) else width
-        self.text_injector = TextNoiseInjector(prompts.n_noise_tokens, width, init_std) if text_noise else None
-        self.image_injector = ImageNoiseInjector(dim, reduction) if image_noise == "feature" else None
-        self.pixel_injector = PixelNoiseInjector(level=pixel_level) if image_noise == "pixel" else None
-        for injector in (self.text_injector, self.image_injector, self.pixel_injector):
+        width, dim = self.prompt_embeddings.shape[-1], self.clean_text_features.shape[-1]
+        text_shape = (prompts.n_noise_tokens, width) if text_noise == "tokens" else (dim,)
+        if text_noise is None:
+            self.text_injector = None
+        elif text_generator == "conditioned":
+            self.text_injector = ConditionedTextNoiseInjector(dim, *text_shape, init_std=init_std)
+        else:  # free parameters: one context noise for all classes, or one feature noise per class
+            shape = text_shape if text_noise == "tokens" else (len(self.classnames), dim)
+            self.text_injector = TextNoiseInjector(*shape, init_std=init_std)
+        self.image_injector = {
+            "cross-attention": lambda: ImageNoiseInjector(dim, reduction),
+            "patch": lambda: ImageNoiseInjector(dim, reduction),
+            "mlp": lambda: MLPNoiseInjector(dim, reduction),
+            "pixel": lambda: PixelNoiseInjector(level=pixel_level),
+            None: lambda: None,
+        }[image_noise]()
+        for injector in (self.text_injector, self.image_injector):
             if injector is not None:
                 injector.to(device)
+                if control:  # the parameters that only make the fixed part (σ or μ) are not trained
+                    fixed = "sigma" if control == "no_sigma" else "mu"
+                    for name, p in injector.named_parameters():
+                        if fixed in name.split(".")[0]:
+                            p.requires_grad_(False)
 
     def train(self, mode: bool = True):
         """Switch the injectors' mode only: CLIP stays in eval mode (a ResNet CLIP has
@@ -499,22 +593,33 @@ class PiNI(nn.Module):
         return self
 
     def trainable_parameters(self):
-        """The injectors' parameters — everything the optimiser may touch."""
-        return [p for n, p in self.named_parameters() if not n.startswith("clip.")]
+        """The injectors' trainable parameters — everything the optimiser may touch."""
+        return [p for n, p in self.named_parameters() if not n.startswith("clip.") and p.requires_grad]
 
     # --- the two towers ------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor, patch_tokens: bool = False):
         """(B, 3, H, W) -> (B, D) frozen image features (no grad: the tower is frozen and the
-        feature-level noise enters after it, so nothing upstream needs a gradient)."""
-        return self.clip.encode_image(images)
+        feature-level noise enters after it, so nothing upstream needs a gradient).
+        With patch_tokens=True (ViT): also the patch tokens in the joint space, (B, N, D)."""
+        if not patch_tokens:
+            return self.clip.encode_image(images)
+        visual = self.clip.visual
+        visual.output_tokens = True
+        try:
+            pooled, tokens = visual(images)  # tokens: (B, N, W_v), after the final LayerNorm
+        finally:
+            visual.output_tokens = False
+        return pooled, tokens @ visual.proj if visual.proj is not None else tokens  # (B, D), (B, N, D)
 
     def text_features(self, noise: Optional[torch.Tensor]) -> torch.Tensor:
-        """noise (K, n_noise_tokens, W) or None -> (K, C, D) (K = 1 without noise).
+        """Token-level text noise -> (K, C, D) text features (K = 1 without noise).
 
-        ε_t is added to the same positions of every class prompt (shared by all classes)."""
-        if self.shared_prefix:
+        noise: (K, n_noise_tokens, W), shared by all classes (free injector), or
+               (K, C, n_noise_tokens, W), one per class (conditioned injector), or None."""
+        per_class = noise is not None and noise.dim() == 4
+        if self.shared_prefix and not per_class:
             P = self.noise_end  # SOS + placeholders + template: the same tokens for every class
             prefix = self.prompt_embeddings[:1, :P]  # (1, P, W)
             if noise is not None:
@@ -523,47 +628,66 @@ class PiNI(nn.Module):
                                              self.prompt_tokens[:, P:])
         embeddings = self.prompt_embeddings.unsqueeze(0)  # (1, C, L, W)
         if noise is not None:
-            pad = (0, 0, self.noise_start, embeddings.shape[2] - self.noise_end)
-            embeddings = embeddings + F.pad(noise, pad).unsqueeze(1)  # (K, C, L, W)
+            pad = F.pad(noise, (0, 0, self.noise_start, embeddings.shape[2] - self.noise_end))
+            embeddings = embeddings + (pad if per_class else pad.unsqueeze(1))  # (K, C, L, W)
         K, C = embeddings.shape[:2]
         tokens = self.prompt_tokens.repeat(K, 1)  # (K·C, L)
         features = encode_text_embeddings(self.clip, embeddings.flatten(0, 1), tokens)
         return features.view(K, C, -1)
 
+    def _controlled(self, noise: Gaussian) -> Gaussian:
+        """Apply the control: σ = 0 (a deterministic shift) or μ = 0 (zero-mean noise)."""
+        if self.control == "no_sigma":
+            return Gaussian(noise.mu, torch.zeros_like(noise.sigma), noise.batch_dims)
+        if self.control == "no_mu":
+            return Gaussian(torch.zeros_like(noise.mu), noise.sigma, noise.batch_dims)
+        return noise
+
     # --- forward ---------------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor, num_samples: int = 1, use_mean: bool = False,
+    def forward(self, images: Optional[torch.Tensor], num_samples: int = 1, use_mean: bool = False,
                 image_features: Optional[torch.Tensor] = None) -> PiNIOutput:
         """Logits of the noisy classifier for K noise samples.
 
-        images: (B, 3, H, W) normalised images.
+        images: (B, 3, H, W) normalised images (may be None when `image_features` are given).
         num_samples: K, the number of Monte-Carlo samples of the noise (Eq. 5).
         use_mean: use ε = μ instead of sampling (deterministic inference).
-        image_features: (B, D) precomputed `encode_images(images)` (feature-level injector or
-            none only), to skip the frozen image tower — e.g. when evaluating several modes.
+        image_features: (B, D) precomputed `encode_images(images)`, to skip the frozen image
+            tower (not for the "patch" and "pixel" injectors, which need the images).
         Returns PiNIOutput(logits (K, B, C), noise distributions by name).
         """
-        K = num_samples
-        noise = {}
+        K, noise = num_samples, {}
 
-        text_noise = None
-        if self.text_injector is not None:
-            noise["text"] = self.text_injector()
-            text_noise = noise["text"].sample(K, use_mean)  # (K, n, W)
-        text = self.text_features(text_noise)  # (K or 1, C, D)
+        # text side: (K or 1, C, D)
+        if self.text_noise is None:
+            text = self.clean_text_features.unsqueeze(0)
+        else:
+            noise["text"] = self._controlled(self.text_injector(self.clean_text_features))
+            eps = noise["text"].sample(K, use_mean)  # (K, n, W), (K, C, n, W) or (K, C, D)
+            text = self.text_features(eps) if self.text_noise == "tokens" else self.clean_text_features + eps
 
-        if self.pixel_injector is not None:
-            noise["image"] = self.pixel_injector(images)  # (B, 3, H, W)
+        # image side: (B, D) or (K, B, D)
+        if self.image_noise in ("patch", "pixel") and images is None:
+            raise ValueError(f"the {self.image_noise!r} image injector needs the images, not cached features")
+        if self.image_noise == "pixel":
+            noise["image"] = self._controlled(self.image_injector(images))  # (B, 3, H, W)
             noisy = images + noise["image"].sample(K, use_mean)  # (K, B, 3, H, W)
             # Gradients must reach the injector through the frozen image tower: no no_grad here.
             image = self.clip.encode_image(noisy.flatten(0, 1)).unflatten(0, (K, -1))  # (K, B, D)
+        elif self.image_noise == "patch":
+            image, patches = self.encode_images(images, patch_tokens=True)  # (B, D), (B, N, D)
+            noise["image"] = self._controlled(self.image_injector(patches, text.expand(K, -1, -1))[0])
+            image = image + noise["image"].sample(1, use_mean)[0].mean(-2)  # per-patch noise, pooled: (K, B, D)
         else:
             image = self.encode_images(images) if image_features is None else image_features  # (B, D)
-            if self.image_injector is not None:
+            if self.image_noise == "cross-attention":
                 # The injector reads the text features *with* their noise, and its gradient flows
                 # back into the text injector, as in the authors' code.
-                noise["image"], _ = self.image_injector(image, text.expand(K, -1, -1))  # (K, B, D)
+                noise["image"] = self._controlled(self.image_injector(image, text.expand(K, -1, -1))[0])
                 image = image + noise["image"].sample(1, use_mean)[0]  # (K, B, D)
+            elif self.image_noise == "mlp":
+                noise["image"] = self._controlled(self.image_injector(image))  # (B, D)
+                image = image + noise["image"].sample(K, use_mean)  # (K, B, D)
 
         image = F.normalize(image, dim=-1)
         text = F.normalize(text, dim=-1)

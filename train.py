@@ -37,14 +37,6 @@ from tqdm import tqdm  # noqa: E402
 import datasets  # noqa: E402
 import pini  # noqa: E402
 
-NOISE_CHOICES = {  # --noise value -> (text injector, image injector)
-    "both": (True, "feature"),
-    "text": (True, None),
-    "image": (False, "feature"),
-    "pixel": (False, "pixel"),
-    "text+pixel": (True, "pixel"),
-    "none": (False, None),
-}
 CHECKPOINT, RESULT = "checkpoint.pt", "result.json"
 
 
@@ -67,7 +59,8 @@ def positive_int(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     data = p.add_argument_group("data")
     data.add_argument("--dataset", nargs="+", default=["caltech101"],
                       help=f"one or more of {', '.join(datasets.DATASETS)}; 'all' for the 11 benchmark "
@@ -82,9 +75,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json path")
     model.add_argument("--pretrained", default="openai",
                        help="open_clip pretrained tag, local checkpoint file, or 'none' (random weights)")
-    model.add_argument("--noise", choices=NOISE_CHOICES, default="both",
-                       help="injectors to train: text + feature-level image (both, the paper's PiNI), text, "
-                            "image, pixel, text+pixel, none")
+    model.add_argument("--text-noise", choices=["tokens", "feature", "none"], default="tokens",
+                       help="where text noise enters: the prompt's context-token embeddings (the paper's "
+                            "PiNI), each class's text feature, or nowhere")
+    model.add_argument("--text-generator", choices=pini.TEXT_GENERATORS, default="free",
+                       help="free μ, σ (authors' code) or an MLP conditioned on the class text features")
+    model.add_argument("--image-noise", choices=["cross-attention", "patch", "mlp", "pixel", "none"],
+                       default="cross-attention",
+                       help="image injector: cross-attention from the image feature to the class texts (the "
+                            "paper's PiNI), per-patch cross-attention, an MLP on the image feature, a CNN on "
+                            "pixels, or none")
+    model.add_argument("--control", choices=["none", "no-sigma", "no-mu"], default="none",
+                       help="controls: σ fixed at 0 (a learned shift) or μ fixed at 0 (pure noise)")
     model.add_argument("--n-ctx", type=int, default=16, help="placeholder context tokens before the template")
     model.add_argument("--reduction", type=int, default=1, help="image injector hidden size = D / reduction")
     model.add_argument("--pixel-level", type=float, default=0.1, help="RMS strength of pixel noise")
@@ -238,7 +240,8 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, epoch: int,
 
 def load_injectors(model: pini.PiNI, state: dict, path):
     """Load saved injectors, or say in one line why they do not fit this model."""
-    hint = f"checkpoint {path} does not match the model (same --model, --noise, --n-ctx, dataset and template?)"
+    hint = (f"checkpoint {path} does not match the model (same --model, --text-noise, --image-noise, "
+            "--text-generator, --n-ctx, dataset and template?)")
     expected = set(injector_state(model))
     if set(state) != expected:
         raise UsageError(f"{hint}: missing {sorted(expected - set(state))[:3]}, "
@@ -263,15 +266,14 @@ def run_one(args, clip, tokenizer, transforms, split, shots: int, seed: int, dev
     test_loader = loader(split.test, eval_tf, args.test_batch_size, args.workers)
 
     seed_everything(seed)
-    text_noise, image_noise = NOISE_CHOICES[args.noise]
-    model = pini.PiNI(clip, tokenizer, split.classnames, split.info.template, args.n_ctx, text_noise,
-                      image_noise, args.reduction, args.pixel_level).to(device)
+    model = build_model(args, clip, tokenizer, split)
     params = model.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: lr_factor(e, args.epochs, args.warmup_epochs, args.warmup_lr, args.lr))
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    meta = {"dataset": split.info.name, "shots": shots, "seed": seed, "model": args.model, "noise": args.noise}
+    meta = {"dataset": split.info.name, "shots": shots, "seed": seed, "model": args.model,
+            "variant": variant_name(args)}
 
     history, start_epoch, checkpoint_path = [], 0, out / CHECKPOINT
     if args.eval_only:
@@ -317,6 +319,25 @@ def run_one(args, clip, tokenizer, transforms, split, shots: int, seed: int, dev
     return result
 
 
+def build_model(args, clip, tokenizer, split) -> pini.PiNI:
+    none = lambda value: None if value == "none" else value  # noqa: E731
+    return pini.PiNI(clip, tokenizer, split.classnames, split.info.template, args.n_ctx,
+                     text_noise=none(args.text_noise), image_noise=none(args.image_noise),
+                     text_generator=args.text_generator, control=none(args.control.replace("-", "_")),
+                     reduction=args.reduction, pixel_level=args.pixel_level).to(clip.logit_scale.device)
+
+
+def variant_name(args) -> str:
+    """A short name of the injector set-up, e.g. 'text:tokens/free + image:cross-attention'."""
+    parts = []
+    if args.text_noise != "none":
+        parts.append(f"text:{args.text_noise}/{args.text_generator}")
+    if args.image_noise != "none":
+        parts.append(f"image:{args.image_noise}")
+    name = " + ".join(parts) or "zero-shot (PiNI prompts)"
+    return name if args.control == "none" else f"{name} [{args.control}]"
+
+
 def train_epoch(model, train_loader, optimizer, scaler, args, device, amp_dtype) -> dict:
     model.train()
     started, total_loss, correct, seen = time.time(), 0.0, 0, 0
@@ -348,35 +369,61 @@ def train_epoch(model, train_loader, optimizer, scaler, args, device, amp_dtype)
 
 @torch.no_grad()
 def plot_noise(model: pini.PiNI, test_loader, device, path: Path):
-    """What the injectors learned: text σ per token position; image μ/σ statistics or maps."""
-    panels = (["text"] if model.text_injector else []) + (["image"] if model.image_injector or model.pixel_injector else [])
+    """What the injectors learned: the text noise per token position (or per class), the image
+    noise's μ/σ statistics, and for the patch and pixel injectors μ/σ maps over test images."""
+    panels = (["text"] if model.text_injector else []) + (["image"] if model.image_injector else [])
     if not panels:
         return
     images = next(iter(test_loader))[0][:4].to(device)
+    out = model(images, use_mean=True)
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.5), squeeze=False)
     for ax, name in zip(axes[0], panels):
+        noise = out.noise[name]
+        sigma, mu = noise.sigma.float().cpu(), noise.mu.float().cpu()
         if name == "text":
-            noise = model.text_injector()
-            ax.bar(range(len(noise.sigma)), noise.sigma.float().mean(-1).cpu(), label="mean σ")
-            ax.plot(noise.mu.float().abs().mean(-1).cpu(), "k.-", label="mean |μ|")
-            ax.set_xlabel("noised token position (16 placeholders, then the template)")
-            ax.set_ylabel("over the embedding width")
-            ax.set_title("text noise")
-            ax.legend()
+            if model.text_noise == "tokens":  # (n, W), or (C, n, W) when conditioned: average the classes
+                sigma, mu = sigma.reshape(-1, *sigma.shape[-2:]).mean(0), mu.reshape(-1, *mu.shape[-2:]).mean(0)
+                ax.set_xlabel("noised token position (placeholders, then the template)")
+            else:  # (C, D): one noise per class
+                ax.set_xlabel("class")
+            ax.bar(range(len(sigma)), sigma.flatten(1).mean(-1), label="mean σ")
+            ax.plot(mu.flatten(1).abs().mean(-1), "k.-", label="mean |μ|")
+            ax.set_ylabel("averaged over the embedding")
+            ax.set_title(f"text noise ({model.text_noise})")
         else:
-            out = model(images, use_mean=True)
-            noise = out.noise["image"]
-            if noise.mu.dim() == 4:  # pixel maps: σ of the first image, averaged over RGB
-                ax.imshow(noise.sigma[0].float().mean(0).cpu(), cmap="magma")
-                ax.set_title("pixel noise σ (first test image)")
-                ax.axis("off")
-            else:
-                ax.hist(noise.mu.float().flatten().cpu(), bins=50, alpha=0.6, label="μ")
-                ax.hist(noise.sigma.float().flatten().cpu(), bins=50, alpha=0.6, label="σ")
-                ax.set_xlabel("value per feature dimension (4 test images)")
-                ax.set_ylabel("count")
-                ax.set_title("feature-level image noise")
-                ax.legend()
+            ax.hist(mu.flatten(), bins=50, alpha=0.6, label="μ")
+            ax.hist(sigma.flatten(), bins=50, alpha=0.6, label="σ")
+            ax.set_xlabel(f"value per noise dimension ({len(images)} test images)")
+            ax.set_ylabel("count")
+            ax.set_title(f"image noise ({model.image_noise})")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    if model.image_noise in ("patch", "pixel"):
+        plot_noise_maps(images, out.noise["image"], model.image_noise, path.with_name("noise_maps.png"))
+
+
+def plot_noise_maps(images, noise: pini.Gaussian, kind: str, path: Path):
+    """Image, μ map, σ map side by side for a few test images (patch or pixel injector)."""
+    if kind == "patch":  # (1, B, N, D): one μ, σ per patch -> |μ_p| and mean σ_p on the patch grid
+        side = math.isqrt(noise.mu.shape[2])
+        mu_map = noise.mu[0].float().norm(dim=-1).view(-1, side, side)
+        sigma_map = noise.sigma[0].float().mean(-1).view(-1, side, side)
+    else:  # (B, 3, H, W): average the colour channels
+        mu_map, sigma_map = noise.mu.float().mean(1), noise.sigma.float().mean(1)
+    fig, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
+    for row, image in enumerate(images.float().cpu()):
+        shown = (image - image.min()) / (image.max() - image.min() + 1e-8)
+        axes[row, 0].imshow(shown.permute(1, 2, 0))
+        for col, (values, title, cmap) in enumerate([(mu_map, "|μ|" if kind == "patch" else "μ", "coolwarm"),
+                                                     (sigma_map, "σ", "magma")], start=1):
+            im = axes[row, col].imshow(values[row].cpu(), cmap=cmap)
+            fig.colorbar(im, ax=axes[row, col])
+            axes[row, col].set_title(f"{title} per {'patch' if kind == 'patch' else 'pixel'}")
+        axes[row, 0].set_title("test image")
+    for ax in axes.flat:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -32,7 +32,7 @@ def silence(model):
     return model
 
 
-@pytest.mark.parametrize("image_noise", ["feature", None])
+@pytest.mark.parametrize("image_noise", ["cross-attention", None])
 def test_zero_noise_gives_open_clip_zero_shot_logits(tiny_clip, image_noise):
     clip, tokenizer, _, _ = tiny_clip
     torch.manual_seed(1)
@@ -48,7 +48,7 @@ def test_zero_noise_gives_open_clip_zero_shot_logits(tiny_clip, image_noise):
 def test_no_injector_is_zero_shot_clip(tiny_clip):
     clip, tokenizer, _, _ = tiny_clip
     images = torch.randn(4, 3, 32, 32)
-    model = pini.PiNI(clip, tokenizer, CLASSNAMES, text_noise=False, image_noise=None)
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, text_noise=None, image_noise=None)
     assert model.trainable_parameters() == []
     torch.testing.assert_close(model(images).logits[0], zero_shot_logits(clip, tokenizer, images), atol=1e-5, rtol=0)
 
@@ -82,7 +82,7 @@ def test_overlong_prompt_is_rejected(tiny_vit):
         pini.build_prompts(tokenizer, ["a " * 70], n_ctx=16)
 
 
-@pytest.mark.parametrize("image_noise", ["feature", "pixel"])
+@pytest.mark.parametrize("image_noise", ["cross-attention", "pixel"])
 def test_only_injectors_learn_and_clip_is_bit_identical(tiny_clip, image_noise):
     clip, tokenizer, _, _ = tiny_clip
     model = pini.PiNI(clip, tokenizer, CLASSNAMES, image_noise=image_noise)
@@ -285,7 +285,7 @@ def test_shared_prefix_equals_full_prompts_with_gradients(tiny_clip, num_samples
 
 def test_shared_prefix_without_noise_equals_encode_text(tiny_vit):
     clip, tokenizer, _, _ = tiny_vit
-    model = pini.PiNI(clip, tokenizer, CLASSNAMES, text_noise=False, image_noise=None)
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, text_noise=None, image_noise=None)
     prompts = [" ".join(["X"] * 16 + ["a photo of a", c.replace("_", " ")]) + "." for c in CLASSNAMES]
     with torch.no_grad():
         torch.testing.assert_close(model.text_features(None)[0], clip.encode_text(tokenizer(prompts)),

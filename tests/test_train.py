@@ -125,7 +125,7 @@ def test_eval_only_reloads_the_injectors(base_args, tmp_path, capsys):
     evaluated = json.loads((tmp_path / "e/caltech101/shots_2/seed_1/result.json").read_text())["accuracy"]
     assert evaluated == trained
     # the same checkpoint on a model with another injector set is refused in one line
-    code = train.main(base_args + ["--dataset", "caltech101", "--shots", "2", "--eval-only", "--noise", "text",
+    code = train.main(base_args + ["--dataset", "caltech101", "--shots", "2", "--eval-only", "--image-noise", "none",
                                    "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "f")])
     assert code == 2
     assert "does not match the model" in capsys.readouterr().err
