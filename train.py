@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -120,6 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--output-dir", default="runs")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoint")
     run.add_argument("--force", action="store_true", help="rerun runs that already have a result")
+    run.add_argument("--ablation", action="store_true",
+                     help="train every noise position / generator variant and the controls on the same "
+                          "few-shot data and seeds; writes ablation.md/.csv/.png per dataset and shots")
     run.add_argument("--eval-only", action="store_true", help="evaluate saved injectors (--checkpoint)")
     run.add_argument("--checkpoint", help="checkpoint.pt of a trained run, for --eval-only")
     args = p.parse_args(argv)
@@ -488,6 +492,82 @@ def _benchmark_order(name: str):
 # Main
 # -----------------------------------------------------------------------------------------
 
+# The ablation: every noise position / generator the paper compares, and the controls. Each
+# variant changes one thing of the default PiNI and shares everything else (data, schedule, seeds).
+ABLATION = [
+    ("PiNI: text tokens + image cross-attention", {}),
+    ("text noise on the text feature", {"text_noise": "feature"}),
+    ("text noise from a conditioned network", {"text_generator": "conditioned"}),
+    ("image noise: patch-query cross-attention", {"image_noise": "patch"}),
+    ("image noise: MLP on the image feature", {"image_noise": "mlp"}),
+    ("image noise: CNN on pixels", {"image_noise": "pixel"}),
+    ("text noise only", {"image_noise": "none"}),
+    ("image noise only", {"text_noise": "none"}),
+    ("control: σ = 0 (a learned shift)", {"control": "no-sigma"}),
+    ("control: μ = 0 (pure noise)", {"control": "no-mu"}),
+    ("control: zero-shot CLIP (hand-crafted prompt)", None),
+]
+
+
+def slug(text: str) -> str:
+    """A folder name: 'control: σ = 0 (a learned shift)' -> 'control_sigma_0_a_learned_shift'."""
+    text = text.lower().replace("σ", "sigma").replace("μ", "mu")
+    return re.sub(r"[^a-z0-9]+", "_", text).strip("_")
+
+
+def cached(path: Path, args, compute):
+    """The result at `path` if a finished run left one (and no --force), else compute it."""
+    if path.is_file() and not (args.force or args.eval_only):
+        tqdm.write(f"skipping {path.parent}: already finished (--force reruns it)")
+        return json.loads(path.read_text())
+    return compute()
+
+
+def zero_shot_run(args, clip, tokenizer, eval_tf, split, device, amp_dtype, path: Path) -> dict:
+    datasets.check_files(split.test, f"{split.info.name} test")
+    test_loader = loader(split.test, eval_tf, args.test_batch_size, args.workers)
+    accuracy = zero_shot_accuracy(clip, tokenizer, split.classnames, split.info.zero_shot, test_loader,
+                                  device, amp_dtype)
+    result = {"dataset": split.info.name, "shots": 0, "seed": 0, "accuracy": accuracy,
+              "template": split.info.zero_shot, "model": args.model, "n_test": len(split.test)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    tqdm.write(f"{split.info.name} zero-shot: test accuracy {accuracy:.2f}%")
+    return result
+
+
+def write_ablation(rows: list, out: Path, title: str):
+    """rows: (variant, [results over seeds]) -> ablation.md, ablation.csv, ablation.png in `out`."""
+    table = ["| variant | accuracy (%) | trainable parameters | training time (s) |", "|---|---|---|---|"]
+    with open(out / "ablation.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["variant", "mean", "std", "n_seeds", "trainable_parameters", "train_seconds"])
+        for variant, results in rows:
+            if not results:
+                table.append(f"| {variant} | n/a (needs a ViT image tower) | | |")
+                continue
+            accs = [r["accuracy"] for r in results]
+            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            params = results[0].get("trainable_parameters", 0)
+            seconds = statistics.mean(r.get("train_seconds", 0.0) for r in results)
+            table.append(f"| {variant} | {statistics.mean(accs):.2f} ± {std:.2f} | {params:,} | {seconds:.1f} |")
+            writer.writerow([variant, f"{statistics.mean(accs):.4f}", f"{std:.4f}", len(accs), params,
+                             f"{seconds:.2f}"])
+    (out / "ablation.md").write_text(f"{title}: top-1 test accuracy, mean ± std over seeds.\n\n"
+                                     + "\n".join(table) + "\n")
+    measured = [(v, [r["accuracy"] for r in results]) for v, results in rows if results]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(measured) + 1.2))
+    ax.barh([v for v, _ in measured], [statistics.mean(a) for _, a in measured],
+            xerr=[statistics.stdev(a) if len(a) > 1 else 0 for _, a in measured], color="tab:blue")
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out / "ablation.png", dpi=100)
+    plt.close(fig)
+    return "\n".join(table)
+
+
 def run(args) -> list:
     out = writable_output(Path(args.output_dir))
     device = pick_device(args.device)
@@ -495,36 +575,40 @@ def run(args) -> list:
     names = datasets.BENCHMARK if args.dataset == ["all"] else [datasets.resolve_name(d) for d in args.dataset]
     torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
     clip, tokenizer, train_tf, eval_tf = pini.load_clip(args.model, args.pretrained, device)
+    transforms = (train_tf, eval_tf)
 
     results = []
     for name in names:
         split = datasets.load_dataset(name, args.data_root)
         folder = out / split.info.alias
+        zero_shot_path = folder / "zero_shot" / RESULT
         if args.zero_shot:
-            result_path = folder / "zero_shot" / RESULT
-            if result_path.is_file() and not args.force:
-                results.append(json.loads(result_path.read_text()))
-                continue
-            datasets.check_files(split.test, f"{split.info.name} test")
-            test_loader = loader(split.test, eval_tf, args.test_batch_size, args.workers)
-            accuracy = zero_shot_accuracy(clip, tokenizer, split.classnames, split.info.zero_shot, test_loader,
-                                          device, amp_dtype)
-            result = {"dataset": split.info.name, "shots": 0, "seed": 0, "accuracy": accuracy,
-                      "template": split.info.zero_shot, "model": args.model, "n_test": len(split.test)}
-            result_path.parent.mkdir(parents=True, exist_ok=True)
-            result_path.write_text(json.dumps(result, indent=1))
-            tqdm.write(f"{split.info.name} zero-shot: test accuracy {accuracy:.2f}%")
-            results.append(result)
+            results.append(cached(zero_shot_path, args, lambda: zero_shot_run(
+                args, clip, tokenizer, eval_tf, split, device, amp_dtype, zero_shot_path)))
             continue
         for shots in args.shots:
-            for seed in args.seeds:
-                run_dir = folder / f"shots_{shots}" / f"seed_{seed}"
-                if (run_dir / RESULT).is_file() and not (args.force or args.eval_only):
-                    tqdm.write(f"skipping {run_dir}: already finished (--force reruns it)")
-                    results.append(json.loads((run_dir / RESULT).read_text()))
+            rows = []
+            for variant, overrides in (ABLATION if args.ablation else [(None, {})]):
+                if overrides is None:  # the zero-shot control: no training, no seed
+                    rows.append((variant, [cached(zero_shot_path, args, lambda: zero_shot_run(
+                        args, clip, tokenizer, eval_tf, split, device, amp_dtype, zero_shot_path))]))
                     continue
-                results.append(run_one(args, clip, tokenizer, (train_tf, eval_tf), split, shots, seed,
-                                       device, amp_dtype, run_dir))
+                variant_args = argparse.Namespace(**{**vars(args), **overrides})
+                if variant_args.image_noise == "patch" and not hasattr(clip.visual, "output_tokens"):
+                    rows.append((variant, []))
+                    continue
+                runs = []
+                for seed in args.seeds:
+                    run_dir = folder / f"shots_{shots}" / (f"ablation/{slug(variant)}" if variant else "") / f"seed_{seed}"
+                    runs.append(cached(run_dir / RESULT, args, lambda: run_one(
+                        variant_args, clip, tokenizer, transforms, split, shots, seed, device, amp_dtype, run_dir)))
+                rows.append((variant, runs))
+                if not args.ablation:
+                    results += runs
+            if args.ablation:
+                title = f"{split.info.name}, {shots} shots, seeds {' '.join(map(str, args.seeds))}"
+                print(write_ablation(rows, folder / f"shots_{shots}", title))
+                results += rows[0][1]  # the default PiNI goes into the summary
     table = write_summary(results, out)
     print(table)
     return results

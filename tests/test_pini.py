@@ -290,3 +290,93 @@ def test_shared_prefix_without_noise_equals_encode_text(tiny_vit):
     with torch.no_grad():
         torch.testing.assert_close(model.text_features(None)[0], clip.encode_text(tokenizer(prompts)),
                                    atol=1e-5, rtol=0)
+
+
+VARIANTS = {
+    "default": {},
+    "text feature, free": {"text_noise": "feature"},
+    "text tokens, conditioned": {"text_generator": "conditioned"},
+    "text feature, conditioned": {"text_noise": "feature", "text_generator": "conditioned"},
+    "patch query": {"image_noise": "patch"},
+    "mlp": {"image_noise": "mlp"},
+    "pixel": {"image_noise": "pixel"},
+    "no sigma": {"control": "no_sigma"},
+    "no mu": {"control": "no_mu"},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_variant_trains_only_its_own_parameters(tiny_vit, variant):
+    clip, tokenizer, _, _ = tiny_vit
+    torch.manual_seed(0)
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, **VARIANTS[variant]).train()
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert trainable
+    out = model(torch.randn(3, 3, 32, 32), num_samples=2)
+    pini.pini_objective(out, torch.tensor([0, 1, 2]))["loss"].backward()
+    for name, p in model.named_parameters():
+        if id(p) in trainable:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:  # CLIP, and the σ (or μ) parameters a control fixes
+            assert p.grad is None, name
+    control = VARIANTS[variant].get("control")
+    frozen = [n for n, p in model.named_parameters() if not n.startswith("clip.") and not p.requires_grad]
+    if control:
+        fixed = "sigma" if control == "no_sigma" else "mu"
+        assert frozen and all(fixed in n.split(".")[1] for n in frozen)
+    else:
+        assert frozen == []
+
+
+def test_noise_shapes_of_the_variants(tiny_vit):
+    clip, tokenizer, _, _ = tiny_vit
+    C, D = len(CLASSNAMES), clip.text_projection.shape[1]
+    images = torch.randn(2, 3, 32, 32)
+
+    def noise(**kwargs):
+        return pini.PiNI(clip, tokenizer, CLASSNAMES, **kwargs)(images, num_samples=3).noise
+
+    assert noise(text_noise="feature")["text"].mu.shape == (C, D)  # one noise per class feature
+    n_tokens = 16 + 4  # placeholders + "a photo of a"
+    assert noise(text_generator="conditioned")["text"].mu.shape == (C, n_tokens, 32)  # per class, per token
+    patches = noise(image_noise="patch")["image"]
+    assert patches.mu.shape == patches.sigma.shape == (3, 2, (32 // 8) ** 2, D)  # one μ, σ per patch
+    assert noise(image_noise="mlp")["image"].mu.shape == (2, D)
+
+
+def test_patch_query_needs_a_vit(tiny_clip):
+    clip, tokenizer, _, _ = tiny_clip
+    if type(clip.visual).__name__ == "ModifiedResNet":
+        with pytest.raises(ValueError, match="needs a ViT image tower.*ModifiedResNet"):
+            pini.PiNI(clip, tokenizer, CLASSNAMES, image_noise="patch")
+    else:
+        assert pini.PiNI(clip, tokenizer, CLASSNAMES, image_noise="patch").image_noise == "patch"
+
+
+def test_sigma_zero_control_is_deterministic(tiny_vit):
+    clip, tokenizer, _, _ = tiny_vit
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, control="no_sigma").train()
+    images = torch.randn(3, 3, 32, 32)
+    first, second = model(images, num_samples=2), model(images, num_samples=2)
+    assert torch.equal(first.logits, second.logits)
+    torch.testing.assert_close(first.logits[0], first.logits[1], atol=1e-6, rtol=0)  # the K samples agree
+    assert all((g.sigma == 0).all() for g in first.noise.values())
+
+
+def test_mu_zero_control_has_zero_mean_noise(tiny_vit):
+    clip, tokenizer, _, _ = tiny_vit
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, control="no_mu")
+    with torch.no_grad():
+        model.text_injector.sigma.fill_(0.5)
+    out = model(torch.randn(3, 3, 32, 32), num_samples=2)
+    assert all((g.mu == 0).all() and (g.sigma > 0).any() for g in out.noise.values())
+    torch.manual_seed(0)
+    samples = out.noise["text"].sample(20_000)
+    assert samples.mean(0).abs().max() < 0.05 and samples.std(0).sub(0.5).abs().max() < 0.05
+    assert not torch.equal(out.logits[0], out.logits[1])  # still noise
+
+
+def test_unknown_variant_names_the_choices(tiny_vit):
+    clip, tokenizer, _, _ = tiny_vit
+    with pytest.raises(ValueError, match="image_noise must be one of .*'cross-attention'"):
+        pini.PiNI(clip, tokenizer, CLASSNAMES, image_noise="attention")

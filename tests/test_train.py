@@ -158,3 +158,26 @@ def test_bad_shots_are_refused_by_the_parser(base_args, capsys, shots):
         train.main(base_args + ["--shots", shots])
     assert exit_.value.code == 2
     assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_ablation_writes_one_row_per_variant(base_args, tmp_path):
+    args = base_args + ["--dataset", "caltech101", "--shots", "2", "--seeds", "1", "2", "--epochs", "1", "--ablation"]
+    assert train.main(args) == 0
+    folder = tmp_path / "runs/caltech101/shots_2"
+    rows = list(csv.DictReader(open(folder / "ablation.csv")))
+    assert [r["variant"] for r in rows] == [name for name, _ in train.ABLATION]
+    assert all(r["n_seeds"] == "2" for r in rows[:-1]) and rows[-1]["n_seeds"] == "1"  # zero-shot: no seed
+    by_name = {r["variant"]: r for r in rows}
+    assert by_name["control: zero-shot CLIP (hand-crafted prompt)"]["trainable_parameters"] == "0"
+    text_only = int(by_name["text noise only"]["trainable_parameters"])
+    assert text_only == 2 * (16 + 4) * 32  # μ and σ over 20 noised tokens of width 32
+    assert int(by_name["control: σ = 0 (a learned shift)"]["trainable_parameters"]) < \
+        int(by_name["PiNI: text tokens + image cross-attention"]["trainable_parameters"])
+    # the default PiNI row is the same run as a plain training call would make
+    default = json.loads((folder / "ablation/pini_text_tokens_image_cross_attention/seed_1/result.json").read_text())
+    assert float(by_name["PiNI: text tokens + image cross-attention"]["mean"]) == pytest.approx(
+        (default["accuracy"] + json.loads((folder / "ablation/pini_text_tokens_image_cross_attention/seed_2/"
+                                                     "result.json").read_text())["accuracy"]) / 2, abs=1e-3)
+    assert (folder / "ablation.md").read_text().count("\n| ") == len(train.ABLATION) + 1
+    assert (folder / "ablation.png").stat().st_size > 0
+    assert (folder / "ablation/image_noise_patch_query_cross_attention/seed_1/noise_maps.png").is_file()
