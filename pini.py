@@ -645,8 +645,24 @@ class PiNI(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------
 
+    def _noisy_text(self, K: int, use_mean: bool):
+        """Text features for K noise samples (K or 1, C, D), and the text noise distribution."""
+        if self.text_noise is None:
+            return self.clean_text_features.unsqueeze(0), None
+        noise = self._controlled(self.text_injector(self.clean_text_features))
+        eps = noise.sample(K, use_mean)  # (K, n, W), (K, C, n, W) or (K, C, D)
+        text = self.text_features(eps) if self.text_noise == "tokens" else self.clean_text_features + eps
+        return text, noise
+
+    @torch.no_grad()
+    def mean_text_features(self) -> torch.Tensor:
+        """(1, C, D) text features under the noise mean — constant at test time, so evaluation
+        computes them once and passes them to every `predict(..., text_features=...)` call."""
+        return self._noisy_text(1, use_mean=True)[0]
+
     def forward(self, images: Optional[torch.Tensor], num_samples: int = 1, use_mean: bool = False,
-                image_features: Optional[torch.Tensor] = None) -> PiNIOutput:
+                image_features: Optional[torch.Tensor] = None,
+                text_features: Optional[torch.Tensor] = None) -> PiNIOutput:
         """Logits of the noisy classifier for K noise samples.
 
         images: (B, 3, H, W) normalised images (may be None when `image_features` are given).
@@ -654,17 +670,19 @@ class PiNI(nn.Module):
         use_mean: use ε = μ instead of sampling (deterministic inference).
         image_features: (B, D) precomputed `encode_images(images)`, to skip the frozen image
             tower (not for the "patch" and "pixel" injectors, which need the images).
+        text_features: (K or 1, C, D) precomputed text features (e.g. `mean_text_features()`),
+            to skip the text side; the text noise is then not resampled.
         Returns PiNIOutput(logits (K, B, C), noise distributions by name).
         """
         K, noise = num_samples, {}
 
         # text side: (K or 1, C, D)
-        if self.text_noise is None:
-            text = self.clean_text_features.unsqueeze(0)
+        if text_features is not None:
+            text = text_features
         else:
-            noise["text"] = self._controlled(self.text_injector(self.clean_text_features))
-            eps = noise["text"].sample(K, use_mean)  # (K, n, W), (K, C, n, W) or (K, C, D)
-            text = self.text_features(eps) if self.text_noise == "tokens" else self.clean_text_features + eps
+            text, text_noise = self._noisy_text(K, use_mean)
+            if text_noise is not None:
+                noise["text"] = text_noise
 
         # image side: (B, D) or (K, B, D)
         if self.image_noise in ("patch", "pixel") and images is None:
@@ -699,8 +717,9 @@ class PiNI(nn.Module):
     # --- inference (section 8) -------------------------------------------------------------
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, mode: str = "mean", num_samples: int = 8,
-                image_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def predict(self, images: Optional[torch.Tensor], mode: str = "mean", num_samples: int = 8,
+                image_features: Optional[torch.Tensor] = None,
+                text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Class log-probabilities (B, C) for test images, in one of three modes:
 
         "sample":  one stochastic noise sample — what the authors' code does at test time
@@ -712,11 +731,17 @@ class PiNI(nn.Module):
         "average": the Monte-Carlo predictive (Eq. 9)
                    p(y | x, P) = E_{ε ~ p_θ}[ q(y | x, ε, P) ] ≈ (1/K) Σ_k q(y | x, ε_k, P),
                    the Bayesian answer, at K times the cost of the noisy parts.
+
+        `text_features` (from `mean_text_features()`) may be given in "mean" mode only: the other
+        modes draw fresh text noise for every call.
         """
+        if text_features is not None and mode != "mean":
+            raise ValueError(f"precomputed text features hold the noise mean: use them with mode 'mean', not {mode!r}")
         if mode == "sample":
             logits = self(images, 1, image_features=image_features).logits[0]
         elif mode == "mean":
-            logits = self(images, 1, use_mean=True, image_features=image_features).logits[0]
+            logits = self(images, 1, use_mean=True, image_features=image_features,
+                          text_features=text_features).logits[0]
         elif mode == "average":
             logits = self(images, num_samples, image_features=image_features).logits  # (K, B, C)
             return logits.log_softmax(-1).logsumexp(0) - math.log(num_samples)

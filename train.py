@@ -199,11 +199,13 @@ def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr:
 def evaluate(model: pini.PiNI, test_loader, device, amp_dtype, mode: str, samples: int) -> float:
     """Top-1 accuracy (%) of `model.predict` in the given inference mode."""
     model.eval()
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        text = model.mean_text_features() if mode == "mean" else None  # constant: encoded once
     correct = total = 0
     for images, labels in tqdm(test_loader, desc="test", leave=False, dynamic_ncols=True):
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            log_probs = model.predict(images, mode, samples)
+            log_probs = model.predict(images, mode, samples, text_features=text)
         correct += (log_probs.argmax(-1) == labels).sum().item()
         total += len(labels)
     return 100.0 * correct / total

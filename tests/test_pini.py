@@ -380,3 +380,36 @@ def test_unknown_variant_names_the_choices(tiny_vit):
     clip, tokenizer, _, _ = tiny_vit
     with pytest.raises(ValueError, match="image_noise must be one of .*'cross-attention'"):
         pini.PiNI(clip, tokenizer, CLASSNAMES, image_noise="attention")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"text_noise": "feature", "text_generator": "conditioned"},
+                                    {"image_noise": "patch"}, {"text_noise": None}])
+def test_mean_text_features_computed_once_give_the_same_predictions(tiny_vit, kwargs):
+    clip, tokenizer, _, _ = tiny_vit
+    torch.manual_seed(0)
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, **kwargs).eval()
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.3 * torch.randn_like(p))  # a "trained" model, far from its initialisation
+    images = torch.randn(4, 3, 32, 32)
+    text = model.mean_text_features()
+    assert text.shape == (1, len(CLASSNAMES), clip.text_projection.shape[1])
+    torch.testing.assert_close(model.predict(images, "mean", text_features=text), model.predict(images, "mean"),
+                               atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="use them with mode 'mean'"):
+        model.predict(images, "sample", text_features=text)
+
+
+def test_bf16_autocast_keeps_the_loss_finite_and_close(tiny_vit):
+    clip, tokenizer, _, _ = tiny_vit
+    torch.manual_seed(0)
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES).train()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(1)
+    full = pini.pini_objective(model(images, use_mean=True), labels)["loss"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = pini.pini_objective(model(images, use_mean=True), labels)["loss"]
+        sampled = pini.pini_objective(model(images, num_samples=2), labels)["loss"]
+    sampled.backward()
+    assert torch.isfinite(half) and abs(half.item() - full.item()) < 0.05 * full.item()
+    assert all(torch.isfinite(p.grad).all() for p in model.trainable_parameters())
