@@ -107,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     optim.add_argument("--weight-decay", type=float, default=5e-4)
     optim.add_argument("--warmup-epochs", type=int, default=1)
     optim.add_argument("--warmup-lr", type=float, default=1e-5)
+    optim.add_argument("--cache-views", type=int, default=0, metavar="V",
+                       help="protocol option (off by default): encode V augmented views of each training "
+                            "image once and reuse them every epoch (feature-level injectors only)")
     optim.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                        help="autocast precision; auto = fp16 on CUDA (as the authors), fp32 on CPU")
     optim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -129,6 +132,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.eval_only and not args.checkpoint:
         p.error("--eval-only needs --checkpoint path/to/checkpoint.pt")
+    if args.cache_views < 0:
+        p.error(f"--cache-views must be 0 (off) or a positive number of views, not {args.cache_views}")
+    if args.cache_views and args.image_noise in ("patch", "pixel") and not args.ablation:
+        p.error(f"--cache-views caches image features, but --image-noise {args.image_noise} needs the images; "
+                "use it with cross-attention, mlp or none")
     return args
 
 
@@ -297,14 +305,24 @@ def run_one(args, clip, tokenizer, transforms, split, shots: int, seed: int, dev
         tqdm.write(f"resuming {out} after epoch {start_epoch}")
 
     started = time.time()
-    train_loader = loader(train_items, train_tf, args.batch_size, args.workers, shuffle=True)
+    # the patch and pixel injectors need the images themselves: no feature cache for them
+    cache_views = args.cache_views if args.image_noise not in ("patch", "pixel") else 0
+    if cache_views:
+        features = view_features(model, train_items, train_tf, args, device, amp_dtype)  # (n, V, D)
+        labels = torch.tensor([item.label for item in train_items])
+    else:
+        train_loader = loader(train_items, train_tf, args.batch_size, args.workers, shuffle=True)
     for epoch in tqdm(range(start_epoch, args.epochs), desc=f"{split.info.name} {shots}-shot seed {seed}",
                       initial=start_epoch, total=args.epochs, dynamic_ncols=True):
         # Each epoch's randomness (shuffle, augmentation, noise) is a function of (seed, epoch) alone,
         # so a run resumed from a checkpoint continues exactly as the uninterrupted run would.
         seed_everything(seed * 100_003 + epoch)
-        train_loader.generator.manual_seed(seed * 100_003 + epoch)
-        stats = train_epoch(model, train_loader, optimizer, scaler, args, device, amp_dtype)
+        if cache_views:
+            batches = cached_batches(features, labels, args.batch_size, seed * 100_003 + epoch)
+        else:
+            train_loader.generator.manual_seed(seed * 100_003 + epoch)
+            batches = ((images, None, labels) for images, labels in train_loader)
+        stats = train_epoch(model, batches, optimizer, scaler, args, device, amp_dtype)
         stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
         scheduler.step()
         history.append(stats)
@@ -314,7 +332,8 @@ def run_one(args, clip, tokenizer, transforms, split, shots: int, seed: int, dev
 
     seed_everything(seed)  # the "sample" inference mode draws noise: make it repeatable
     accuracy = evaluate(model, test_loader, device, amp_dtype, args.inference, args.inference_samples)
-    result = {**meta, "accuracy": accuracy, "inference": args.inference, "history": history,
+    result = {**meta, "accuracy": accuracy, "inference": args.inference, "cache_views": cache_views,
+              "history": history,
               "train_seconds": sum(h["seconds"] for h in history), "wall_seconds": time.time() - started,
               "n_train": len(train_items), "n_test": len(split.test), "n_classes": len(split.classnames),
               "trainable_parameters": sum(p.numel() for p in params), "device": str(device),
@@ -344,13 +363,57 @@ def variant_name(args) -> str:
     return name if args.control == "none" else f"{name} [{args.control}]"
 
 
-def train_epoch(model, train_loader, optimizer, scaler, args, device, amp_dtype) -> dict:
+# Opt-in protocol option (--cache-views V): the image tower is frozen and the feature-level noise
+# enters after it, so the features of V fixed augmented views per training image can be computed
+# once and reused by every epoch (and by every run of this call that trains on the same images —
+# other seeds, ablation variants). Each step then draws one of the V views per image. With V views
+# instead of a fresh augmentation every epoch this is a different protocol, never the default.
+VIEW_CACHE: dict = {}
+
+
+def view_features(model: pini.PiNI, items, transform, args, device, amp_dtype) -> torch.Tensor:
+    """(n, V, D) frozen image features of V augmented views of each training image (on the CPU)."""
+    key = (args.model, args.pretrained, args.cache_views)
+    missing = [item for item in items if (key, item.path) not in VIEW_CACHE]
+    if missing:
+        state = torch.get_rng_state()
+        torch.manual_seed(0)  # the views are a fixed set: the same for every run and seed
+        views = []
+        for view in range(args.cache_views):
+            batches = loader(missing, transform, args.test_batch_size, args.workers, seed=view)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                views.append(torch.cat([model.encode_images(images.to(device)).float().cpu()
+                                        for images, _ in tqdm(batches, desc=f"caching view {view + 1}",
+                                                              leave=False, dynamic_ncols=True)]))
+        torch.set_rng_state(state)
+        for item, features in zip(missing, torch.stack(views, dim=1)):
+            VIEW_CACHE[(key, item.path)] = features
+    return torch.stack([VIEW_CACHE[(key, item.path)] for item in items])
+
+
+def cached_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
+    """Shuffled batches of (None, features of one random view per image, labels); as the image
+    loader, no ragged last batch when there is at least one full batch."""
+    generator = torch.Generator().manual_seed(seed)
+    n, views = features.shape[:2]
+    order = torch.randperm(n, generator=generator)
+    stop = n - n % batch_size if n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        index = order[start:start + batch_size]
+        view = torch.randint(views, (len(index),), generator=generator)
+        yield None, features[index, view], labels[index]
+
+
+def train_epoch(model, batches, optimizer, scaler, args, device, amp_dtype) -> dict:
+    """One pass over `batches` of (images or None, image features or None, labels)."""
     model.train()
     started, total_loss, correct, seen = time.time(), 0.0, 0, 0
-    for images, labels in train_loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    for images, features, labels in batches:
+        images = images.to(device, non_blocking=True) if images is not None else None
+        features = features.to(device, non_blocking=True) if features is not None else None
+        labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            output = model(images, num_samples=args.noise_samples)
+            output = model(images, num_samples=args.noise_samples, image_features=features)
             losses = pini.pini_objective(output, labels, args.ce_weight, args.kl_weight, args.prior_std)
         optimizer.zero_grad(set_to_none=True)
         if scaler:

@@ -181,3 +181,35 @@ def test_ablation_writes_one_row_per_variant(base_args, tmp_path):
     assert (folder / "ablation.md").read_text().count("\n| ") == len(train.ABLATION) + 1
     assert (folder / "ablation.png").stat().st_size > 0
     assert (folder / "ablation/image_noise_patch_query_cross_attention/seed_1/noise_maps.png").is_file()
+
+
+def test_cached_views_encode_each_training_image_once_per_view(base_args, monkeypatch, tmp_path):
+    train.VIEW_CACHE.clear()
+    encoded = []
+    original = pini.PiNI.encode_images
+
+    def counting(self, images, patch_tokens=False):
+        encoded.append(len(images))
+        return original(self, images, patch_tokens)
+
+    monkeypatch.setattr(pini.PiNI, "encode_images", counting)
+    args = base_args + ["--dataset", "caltech101", "--shots", "2", "--epochs", "3", "--cache-views", "2",
+                        "--test-batch-size", "100"]
+    assert train.main(args + ["--seeds", "1"]) == 0
+    result = read_result(base_args)
+    assert result["cache_views"] == 2 and len(result["history"]) == 3
+    n_train, n_test = result["n_train"], result["n_test"]
+    # 2 views of the 8 training images, once for all 3 epochs; then the test set once (+ noise plot)
+    assert encoded[:3] == [n_train, n_train, n_test]
+    encoded.clear()
+    assert train.main(args + ["--seeds", "1", "--force", "--output-dir", str(tmp_path / "again")]) == 0
+    assert encoded[0] == n_test  # the same images in the same call's cache: nothing re-encoded
+    again = json.loads((tmp_path / "again/caltech101/shots_2/seed_1/result.json").read_text())
+    assert again["accuracy"] == result["accuracy"]
+    assert [h["loss"] for h in again["history"]] == [h["loss"] for h in result["history"]]
+
+
+def test_cached_views_refuse_the_pixel_injector(base_args, capsys):
+    with pytest.raises(SystemExit):
+        train.main(base_args + ["--cache-views", "2", "--image-noise", "pixel"])
+    assert "needs the images" in capsys.readouterr().err
