@@ -6,11 +6,13 @@ AAAI 2025 (arXiv 2412.10817). Authors' code: github.com/hyzhang98/PiNI.
 Read this module top to bottom, like a chapter of the paper:
 
   1. Loading a frozen CLIP ............ `load_clip`, `train_transform`
-  2. Prompts and the text tower ........ `build_prompts`, `encode_text_embeddings`
+  2. Prompts and the text tower ........ `build_prompts`, `encode_text_embeddings`,
+                                          `encode_text_shared_prefix` (exact shortcut)
   3. Gaussian noise, reparameterised ... `Gaussian`, `gaussian_kl`
-  4. The text noise injector .......... `TextNoiseInjector`
-  5. The image noise injectors ........ `ImageNoiseInjector` (feature level),
-                                          `PixelNoiseInjector` (pixel level)
+  4. The text noise injectors ......... `TextNoiseInjector` (free μ, σ — the paper's),
+                                          `ConditionedTextNoiseInjector` (a variant)
+  5. The image noise injectors ........ `ImageNoiseInjector` (cross-attention — the paper's),
+                                          `MLPNoiseInjector`, `PixelNoiseInjector` (variants)
   6. The PiNI model ................... `PiNI`  (forward -> logits for K noise samples)
   7. The objective .................... `pini_objective`, `pi_noise_information`
   8. Inference ........................ `PiNI.predict`
@@ -326,7 +328,7 @@ def gaussian_kl(noise: Gaussian, prior_std: float = 1.0) -> torch.Tensor:
 
 
 # -----------------------------------------------------------------------------------------
-# 4. The text noise injector
+# 4. The text noise injectors
 # -----------------------------------------------------------------------------------------
 
 class TextNoiseInjector(nn.Module):
@@ -516,7 +518,9 @@ class PiNI(nn.Module):
             each class's text feature).
         image_noise: the image injector — "cross-attention" (global image feature queries the
             class text features; the paper's PiNI), "patch" (each patch token queries them: per-patch
-            μ/σ, averaged into the global feature; ViT towers), "mlp" (from the image feature alone),
+            μ/σ, the sampled per-patch noise averaged into the global feature — *inferred*: the
+            paper's figure shows per-patch maps, not how they are pooled; ViT towers only),
+            "mlp" (from the image feature alone),
             "pixel" (a CNN's per-pixel μ/σ maps added to the input image), or None.
         control: None, "no_sigma" (σ fixed at 0: a deterministic learned shift, prompt-tuning-like)
             or "no_mu" (μ fixed at 0: pure, zero-mean noise of learned scale) — the controls that
