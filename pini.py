@@ -51,6 +51,10 @@ from torchvision.models.resnet import BasicBlock
 NO_WEIGHTS = (None, "", "none", "None", "random")
 
 
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights could not be fetched (e.g. no internet): the message says what to do."""
+
+
 def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", device="cpu"):
     """Create a frozen open_clip CLIP, its tokenizer and its train/eval image transforms.
 
@@ -67,11 +71,21 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
 
     Raises:
         ValueError / FileNotFoundError with a message that names what was given and what is
-        accepted (unknown model name, unknown tag, missing checkpoint file).
+        accepted (unknown model name, unknown tag, missing checkpoint file); WeightsUnavailable
+        when a tag's weights cannot be downloaded.
     """
     name = _resolve_model_name(model)
     weights = _resolve_pretrained(name, pretrained)
-    clip, _, eval_transform = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
+    try:
+        clip, _, eval_transform = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
+    except RuntimeError as error:
+        if "download" not in str(error).lower():
+            raise
+        raise WeightsUnavailable(
+            f"could not download the {pretrained!r} weights of {name} (no internet here?). Download them "
+            f"where you can (open_clip.create_model_and_transforms({name!r}, pretrained={pretrained!r}) fills "
+            "the Hugging Face cache; copy that cache here, or save the checkpoint file and pass its path "
+            "as --pretrained), or use --pretrained none for random weights") from None
     if not hasattr(clip, "token_embedding"):
         raise ValueError(
             f"model {model!r} has a custom text tower (e.g. a Hugging Face encoder); PiNI's text "

@@ -638,13 +638,13 @@ def run(args) -> list:
     device = pick_device(args.device)
     amp_dtype = autocast_dtype(args.precision, device)
     names = datasets.BENCHMARK if args.dataset == ["all"] else [datasets.resolve_name(d) for d in args.dataset]
+    splits = [datasets.load_dataset(name, args.data_root) for name in names]  # data problems first: cheap
     torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
     clip, tokenizer, train_tf, eval_tf = pini.load_clip(args.model, args.pretrained, device)
     transforms = (train_tf, eval_tf)
 
     results = []
-    for name in names:
-        split = datasets.load_dataset(name, args.data_root)
+    for split in splits:
         folder = out / split.info.alias
         zero_shot_path = folder / "zero_shot" / RESULT
         if args.zero_shot:
@@ -683,7 +683,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (UsageError, datasets.DatasetError, ValueError, FileNotFoundError) as error:
+    except (UsageError, datasets.DatasetError, pini.WeightsUnavailable, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

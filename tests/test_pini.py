@@ -413,3 +413,13 @@ def test_bf16_autocast_keeps_the_loss_finite_and_close(tiny_vit):
     sampled.backward()
     assert torch.isfinite(half) and abs(half.item() - full.item()) < 0.05 * full.item()
     assert all(torch.isfinite(p.grad).all() for p in model.trainable_parameters())
+
+
+def test_failed_download_says_what_to_do(monkeypatch):
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download weights for tag 'openai': no connection")
+
+    monkeypatch.setattr(pini.open_clip, "create_model_and_transforms", offline)
+    with pytest.raises(pini.WeightsUnavailable, match="could not download the 'openai' weights of ViT-B-16.*"
+                                                      "--pretrained none"):
+        pini.load_clip("ViT-B/16", "openai")

@@ -213,3 +213,13 @@ def test_cached_views_refuse_the_pixel_injector(base_args, capsys):
     with pytest.raises(SystemExit):
         train.main(base_args + ["--cache-views", "2", "--image-noise", "pixel"])
     assert "needs the images" in capsys.readouterr().err
+
+
+def test_offline_weights_exit_with_one_line(base_args, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download weights for tag 'openai': no connection")
+
+    monkeypatch.setattr(pini.open_clip, "create_model_and_transforms", offline)
+    assert train.main(base_args + ["--model", "ViT-B-16", "--pretrained", "openai"]) == 2
+    err = capsys.readouterr().err
+    assert "could not download the 'openai' weights" in err and "Traceback" not in err
