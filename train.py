@@ -148,7 +148,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        print("warning: no GPU found, running on the CPU (slow for ViT-B/16)", file=sys.stderr)
+        print("warning: no GPU found, running on the CPU (slow for full-size CLIP models)", file=sys.stderr)
         return torch.device("cpu")
     try:
         device = torch.device(name)
@@ -274,7 +274,7 @@ def run_one(args, clip, tokenizer, transforms, split, shots: int, seed: int, dev
     """Train PiNI on one few-shot sample (dataset, shots, seed) and test it; returns the result."""
     out.mkdir(parents=True, exist_ok=True)
     train_tf, eval_tf = transforms
-    train_items, _ = datasets.few_shot(split, shots, seed)
+    train_items = [] if args.eval_only else datasets.few_shot(split, shots, seed)[0]
     datasets.check_files(train_items, f"{split.info.name} few-shot train")
     datasets.check_files(split.test, f"{split.info.name} test")
     test_loader = loader(split.test, eval_tf, args.test_batch_size, args.workers)
@@ -307,10 +307,10 @@ def run_one(args, clip, tokenizer, transforms, split, shots: int, seed: int, dev
     started = time.time()
     # the patch and pixel injectors need the images themselves: no feature cache for them
     cache_views = args.cache_views if args.image_noise not in ("patch", "pixel") else 0
-    if cache_views:
+    if start_epoch < args.epochs and cache_views:
         features = view_features(model, train_items, train_tf, args, device, amp_dtype)  # (n, V, D)
         labels = torch.tensor([item.label for item in train_items])
-    else:
+    elif start_epoch < args.epochs:
         train_loader = loader(train_items, train_tf, args.batch_size, args.workers, shuffle=True)
     for epoch in tqdm(range(start_epoch, args.epochs), desc=f"{split.info.name} {shots}-shot seed {seed}",
                       initial=start_epoch, total=args.epochs, dynamic_ncols=True):
@@ -639,6 +639,10 @@ def run(args) -> list:
     amp_dtype = autocast_dtype(args.precision, device)
     names = datasets.BENCHMARK if args.dataset == ["all"] else [datasets.resolve_name(d) for d in args.dataset]
     splits = [datasets.load_dataset(name, args.data_root) for name in names]  # data problems first: cheap
+    for split in splits:
+        if split.info.test_only and not (args.eval_only or args.zero_shot):
+            raise UsageError(f"{split.info.name} is a test-only set: evaluate a model trained on ImageNet with "
+                             f"--eval-only --checkpoint runs/imagenet/shots_16/seed_1/checkpoint.pt, or use --zero-shot")
     torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
     clip, tokenizer, train_tf, eval_tf = pini.load_clip(args.model, args.pretrained, device)
     transforms = (train_tf, eval_tf)

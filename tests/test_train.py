@@ -9,7 +9,7 @@ from PIL import Image
 import datasets
 import pini
 import train
-from conftest import write_json_split
+from conftest import touch_image, write_json_split
 
 CLASSES = ["face", "leopard", "motorbike", "accordion"]
 COLORS = [(220, 20, 20), (20, 220, 20), (20, 20, 220), (220, 220, 20)]
@@ -22,6 +22,10 @@ def data_root(tmp_path_factory):
                      per_class=(6, 2, 3), colors=COLORS)
     write_json_split(root / "dtd", "images", "split_zhou_DescribableTextures.json", ["banded", "dotted"],
                      per_class=(6, 2, 2), colors=COLORS[:2])
+    sketch = root / "imagenet-sketch"  # a test-only set whose classes are Caltech's four, for eval-only
+    for i, name in enumerate(CLASSES):
+        touch_image(sketch / "images" / f"n0{i}" / "0.jpg")
+    (sketch / "classnames.txt").write_text("".join(f"n0{i} {name}\n" for i, name in enumerate(CLASSES)))
     return root
 
 
@@ -223,3 +227,14 @@ def test_offline_weights_exit_with_one_line(base_args, monkeypatch, capsys):
     assert train.main(base_args + ["--model", "ViT-B-16", "--pretrained", "openai"]) == 2
     err = capsys.readouterr().err
     assert "could not download the 'openai' weights" in err and "Traceback" not in err
+
+
+def test_test_only_sets_are_for_evaluation(base_args, tmp_path, capsys):
+    assert train.main(base_args + ["--dataset", "imagenet_sketch"]) == 2
+    assert "test-only set" in capsys.readouterr().err
+    assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2"]) == 0
+    checkpoint = tmp_path / "runs/caltech101/shots_2/seed_1/checkpoint.pt"
+    assert train.main(base_args + ["--dataset", "imagenet_sketch", "--shots", "2", "--eval-only",
+                                   "--checkpoint", str(checkpoint)]) == 0
+    result = read_result(base_args, "imagenet_sketch")
+    assert result["n_train"] == 0 and result["n_test"] == 4 and result["history"]  # the trained run's history
