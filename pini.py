@@ -214,9 +214,7 @@ def encode_text_embeddings(clip, embeddings: torch.Tensor, tokens: torch.Tensor)
     Returns (N, D) text features, not normalised.
     """
     cast_dtype = clip.transformer.get_cast_dtype()
-    length = tokens.shape[1]
-    if clip.text_pool_type == "argmax" and clip.attn_mask is not None:
-        length = int(tokens.argmax(dim=-1).max()) + 1
+    length = needed_context(clip, tokens)
     x = embeddings[:, :length].to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
     mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
     x = clip.transformer(x, attn_mask=mask)  # (N, length, W)
@@ -224,6 +222,14 @@ def encode_text_embeddings(clip, embeddings: torch.Tensor, tokens: torch.Tensor)
     x = open_clip.transformer.text_global_pool(x, tokens[:, :length], clip.text_pool_type,
                                                eos_token_id=getattr(clip, "text_eos_id", None))  # (N, W)
     return _project_text(clip, x)
+
+
+def needed_context(clip, tokens: torch.Tensor) -> int:
+    """How many leading positions of `tokens` (N, L) the text features depend on: up to the
+    longest prompt's EOT for CLIP's causal, EOT-pooled tower; all L otherwise."""
+    if clip.text_pool_type == "argmax" and clip.attn_mask is not None:
+        return int(tokens.argmax(dim=-1).max()) + 1
+    return tokens.shape[1]
 
 
 def _project_text(clip, pooled: torch.Tensor) -> torch.Tensor:
@@ -568,10 +574,8 @@ class PiNI(nn.Module):
         self.noise_start, self.noise_end = prompts.noise_start, prompts.noise_end
         self.shared_prefix = shared_prefix and supports_shared_prefix(clip)
         device = clip.logit_scale.device
-        tokens = prompts.tokens
-        if clip.text_pool_type == "argmax" and clip.attn_mask is not None:
-            # causal mask: nothing after the last EOT affects any output, so it is never stored
-            tokens = tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]
+        # nothing after the last EOT affects any output (causal mask), so it is never stored
+        tokens = prompts.tokens[:, :needed_context(clip, prompts.tokens)]
         self.register_buffer("prompt_tokens", tokens.to(device), persistent=False)  # (C, L)
         with torch.no_grad():
             self.register_buffer("prompt_embeddings", clip.token_embedding(self.prompt_tokens), persistent=False)

@@ -203,20 +203,24 @@ def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr:
 # Evaluation
 # -----------------------------------------------------------------------------------------
 
-@torch.no_grad()
+def top1(scores, test_loader, device, amp_dtype, desc: str) -> float:
+    """Top-1 accuracy (%) over the test loader of `scores(images) -> (B, C)`, under autocast."""
+    correct = total = 0
+    for images, labels in tqdm(test_loader, desc=desc, leave=False, dynamic_ncols=True):
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            predicted = scores(images.to(device)).argmax(-1).cpu()
+        correct += (predicted == labels).sum().item()
+        total += len(labels)
+    return 100.0 * correct / total
+
+
 def evaluate(model: pini.PiNI, test_loader, device, amp_dtype, mode: str, samples: int) -> float:
     """Top-1 accuracy (%) of `model.predict` in the given inference mode."""
     model.eval()
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         text = model.mean_text_features() if mode == "mean" else None  # constant: encoded once
-    correct = total = 0
-    for images, labels in tqdm(test_loader, desc="test", leave=False, dynamic_ncols=True):
-        images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            log_probs = model.predict(images, mode, samples, text_features=text)
-        correct += (log_probs.argmax(-1) == labels).sum().item()
-        total += len(labels)
-    return 100.0 * correct / total
+    return top1(lambda images: model.predict(images, mode, samples, text_features=text),
+                test_loader, device, amp_dtype, "test")
 
 
 @torch.no_grad()
@@ -225,13 +229,8 @@ def zero_shot_accuracy(clip, tokenizer, classnames, template: str, test_loader, 
     texts = [template.format(name) for name in classnames]
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         text = clip.encode_text(tokenizer(texts).to(device), normalize=True)  # (C, D)
-    correct = total = 0
-    for images, labels in tqdm(test_loader, desc="zero-shot", leave=False, dynamic_ncols=True):
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            image = clip.encode_image(images.to(device), normalize=True)  # (B, D)
-        correct += ((image @ text.T).argmax(-1).cpu() == labels).sum().item()
-        total += len(labels)
-    return 100.0 * correct / total
+    return top1(lambda images: clip.encode_image(images, normalize=True) @ text.T,
+                test_loader, device, amp_dtype, "zero-shot")
 
 
 # -----------------------------------------------------------------------------------------
