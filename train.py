@@ -447,20 +447,20 @@ def plot_noise(model: pini.PiNI, test_loader, device, path: Path):
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.5), squeeze=False)
     for ax, name in zip(axes[0], panels):
         noise = out.noise[name]
-        sigma, mu = noise.sigma.float().cpu(), noise.mu.float().cpu()
+        sigma, mu = noise.sigma.float().cpu(), noise.mu.float().cpu()  # matplotlib gets NumPy arrays below
         if name == "text":
             if model.text_noise == "tokens":  # (n, W), or (C, n, W) when conditioned: average the classes
                 sigma, mu = sigma.reshape(-1, *sigma.shape[-2:]).mean(0), mu.reshape(-1, *mu.shape[-2:]).mean(0)
                 ax.set_xlabel("noised token position (placeholders, then the template)")
             else:  # (C, D): one noise per class
                 ax.set_xlabel("class")
-            ax.bar(range(len(sigma)), sigma.flatten(1).mean(-1), label="mean σ")
-            ax.plot(mu.flatten(1).abs().mean(-1), "k.-", label="mean |μ|")
+            ax.bar(range(len(sigma)), sigma.flatten(1).mean(-1).numpy(), label="mean σ")
+            ax.plot(mu.flatten(1).abs().mean(-1).numpy(), "k.-", label="mean |μ|")
             ax.set_ylabel("averaged over the embedding")
             ax.set_title(f"text noise ({model.text_noise})")
         else:
-            ax.hist(mu.flatten(), bins=50, alpha=0.6, label="μ")
-            ax.hist(sigma.flatten(), bins=50, alpha=0.6, label="σ")
+            ax.hist(mu.flatten().numpy(), bins=50, alpha=0.6, label="μ")
+            ax.hist(sigma.flatten().numpy(), bins=50, alpha=0.6, label="σ")
             ax.set_xlabel(f"value per noise dimension ({len(images)} test images)")
             ax.set_ylabel("count")
             ax.set_title(f"image noise ({model.image_noise})")
@@ -483,10 +483,10 @@ def plot_noise_maps(images, noise: pini.Gaussian, kind: str, path: Path):
     fig, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
     for row, image in enumerate(images.float().cpu()):
         shown = (image - image.min()) / (image.max() - image.min() + 1e-8)
-        axes[row, 0].imshow(shown.permute(1, 2, 0))
+        axes[row, 0].imshow(shown.permute(1, 2, 0).numpy())
         for col, (values, title, cmap) in enumerate([(mu_map, "|μ|" if kind == "patch" else "μ", "coolwarm"),
                                                      (sigma_map, "σ", "magma")], start=1):
-            im = axes[row, col].imshow(values[row].cpu(), cmap=cmap)
+            im = axes[row, col].imshow(values[row].cpu().numpy(), cmap=cmap)
             fig.colorbar(im, ax=axes[row, col])
             axes[row, col].set_title(f"{title} per {'patch' if kind == 'patch' else 'pixel'}")
         axes[row, 0].set_title("test image")
