@@ -269,7 +269,7 @@ def encode_text_shared_prefix(clip, prefix: torch.Tensor, suffix: torch.Tensor, 
     K, P, W = prefix.shape
     C, S = suffix_tokens.shape
     cast_dtype = clip.transformer.get_cast_dtype()
-    length = int(suffix_tokens.argmax(dim=-1).max()) + 1  # truncate the suffix after the last EOT
+    length = needed_context(clip, suffix_tokens)  # truncate the suffix after the last EOT
     suffix_tokens = suffix_tokens[:, :length]
     positions = clip.positional_embedding.to(cast_dtype)
     x_p = prefix.to(cast_dtype) + positions[:P]  # (K, P, W)

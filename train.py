@@ -306,22 +306,15 @@ def run_one(args, clip, tokenizer, transforms, split, shots: int, seed: int, dev
     started = time.time()
     # the patch and pixel injectors need the images themselves: no feature cache for them
     cache_views = args.cache_views if args.image_noise not in ("patch", "pixel") else 0
-    if start_epoch < args.epochs and cache_views:
-        features = view_features(model, train_items, train_tf, args, device, amp_dtype)  # (n, V, D)
-        labels = torch.tensor([item.label for item in train_items])
-    elif start_epoch < args.epochs:
-        train_loader = loader(train_items, train_tf, args.batch_size, args.workers, shuffle=True)
+    if start_epoch < args.epochs:
+        batches_for = epoch_batches(model, train_items, train_tf, cache_views, args, device, amp_dtype)
     for epoch in tqdm(range(start_epoch, args.epochs), desc=f"{split.info.name} {shots}-shot seed {seed}",
                       initial=start_epoch, total=args.epochs, dynamic_ncols=True):
         # Each epoch's randomness (shuffle, augmentation, noise) is a function of (seed, epoch) alone,
         # so a run resumed from a checkpoint continues exactly as the uninterrupted run would.
-        seed_everything(seed * 100_003 + epoch)
-        if cache_views:
-            batches = cached_batches(features, labels, args.batch_size, seed * 100_003 + epoch)
-        else:
-            train_loader.generator.manual_seed(seed * 100_003 + epoch)
-            batches = ((images, None, labels) for images, labels in train_loader)
-        stats = train_epoch(model, batches, optimizer, scaler, args, device, amp_dtype)
+        epoch_seed = seed * 100_003 + epoch
+        seed_everything(epoch_seed)
+        stats = train_epoch(model, batches_for(epoch_seed), optimizer, scaler, args, device, amp_dtype)
         stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
         scheduler.step()
         history.append(stats)
@@ -390,6 +383,22 @@ def view_features(model: pini.PiNI, items, transform, args, device, amp_dtype) -
     return torch.stack([VIEW_CACHE[(key, item.path)] for item in items])
 
 
+def epoch_batches(model, items, transform, cache_views: int, args, device, amp_dtype):
+    """A function epoch_seed -> that epoch's batches of (images or None, features or None, labels):
+    augmented images from the loader, or (--cache-views) features of cached augmented views."""
+    if cache_views:
+        features = view_features(model, items, transform, args, device, amp_dtype)  # (n, V, D)
+        labels = torch.tensor([item.label for item in items])
+        return lambda epoch_seed: cached_batches(features, labels, args.batch_size, epoch_seed)
+    train_loader = loader(items, transform, args.batch_size, args.workers, shuffle=True)
+
+    def image_batches(epoch_seed):
+        train_loader.generator.manual_seed(epoch_seed)
+        return ((images, None, labels) for images, labels in train_loader)
+
+    return image_batches
+
+
 def cached_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
     """Shuffled batches of (None, features of one random view per image, labels); as the image
     loader, no ragged last batch when there is at least one full batch."""
@@ -422,9 +431,10 @@ def train_epoch(model, batches, optimizer, scaler, args, device, amp_dtype) -> d
         else:
             losses["loss"].backward()
             optimizer.step()
-        if not math.isfinite(losses["loss"].item()):
+        loss = losses["loss"].item()
+        if not math.isfinite(loss):
             raise UsageError("the loss became non-finite; try --precision fp32 or bf16, or a smaller --lr")
-        total_loss += losses["loss"].item() * len(labels)
+        total_loss += loss * len(labels)
         correct += (output.logits.argmax(-1) == labels).float().mean(0).sum().item()
         seen += len(labels)
     return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1),
