@@ -22,11 +22,22 @@ Notation (as in the paper): x an image, y its class, P the prompt set, ε the no
 z ~ N(0, I) the standard normal sample of the reparameterisation ε = μ + σ ⊙ z,
 τ CLIP's temperature (1/τ = exp(logit_scale)), K the number of Monte-Carlo noise samples.
 
-Equation numbers (Eq. 1)–(Eq. 9) are this module's own: they number the steps of the
-derivation written out in `pini_objective`, in the order the argument needs them. The paper's
-body could not be consulted line by line when this module was written, so its own numbering
-is not quoted; where a step is our reconstruction rather than the paper's text, the docstring
-says so ("*inferred*").
+Equation numbers (Eq. 1)–(Eq. 9) are this module's own, not the paper's (its body could not be
+read line by line here). Each lives where its code is:
+
+  (Eq. 1) CLIP's classifier p(y | x, P) ................. `PiNI` (class docstring), `PiNI.forward`
+  (Eq. 2) the paper's pi-noise reading, I(T, E) ......... `pini_objective`, `pi_noise_information`
+  (Eq. 3) the random variables and their joint .......... `pini_objective`
+  (Eq. 4) what the loss provably bounds, and its gap .... `pini_objective`
+  (Eq. 5) the K-sample Monte-Carlo estimate ............. `pini_objective`, `PiNI.forward`
+  (Eq. 6) the reparameterisation ε = μ + σ ⊙ z .......... `Gaussian.sample`
+  (Eq. 7) the cross-attention image injector ............ `ImageNoiseInjector`
+  (Eq. 8) KL to a fixed prior — this project's optional
+          regulariser, not a term of the paper ......... `gaussian_kl`, `pini_objective(kl_weight=β)`
+  (Eq. 9) the predictive distribution over the noise .... `PiNI.predict(mode="average")`
+
+What is the paper's claim and what is proved is kept apart: `pini_objective` says which is which,
+and marks reconstructions of the paper's text *inferred*.
 """
 
 from __future__ import annotations
@@ -744,15 +755,16 @@ class PiNI(nn.Module):
                 text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Class log-probabilities (B, C) for test images, in one of three modes:
 
+        "mean":    ε = μ, no sampling — the default, so a reported accuracy does not depend on the
+                   random state of the test pass. This deploys a *deterministic* model: the noise
+                   is replaced by its mean, σ plays no part at test time, and what is evaluated is
+                   CLIP with a learned shift of its inputs (notebook 06 asks whether σ mattered in
+                   training).
         "sample":  one stochastic noise sample — what the authors' code does at test time
                    (Dassl calls the training forward), so accuracy varies from run to run.
-        "mean":    the noise mean ε = μ — deterministic. The default: a reported accuracy
-                   should not depend on the random state of the test pass, and for the small σ
-                   PiNI learns the mean's prediction is the mode of the predictive distribution
-                   to first order.
-        "average": the Monte-Carlo predictive (Eq. 9)
+        "average": the model's predictive distribution over the noise (Eq. 9)
                    p(y | x, P) = E_{ε ~ p_θ}[ q(y | x, ε, P) ] ≈ (1/K) Σ_k q(y | x, ε_k, P),
-                   the Bayesian answer, at K times the cost of the noisy parts.
+                   at K times the cost of the noisy parts.
 
         `text_features` (from `mean_text_features()`) may be given in "mean" mode only: the other
         modes draw fresh text noise for every call.
@@ -780,40 +792,75 @@ def pini_objective(output: PiNIOutput, labels: torch.Tensor, ce_weight: float = 
                    kl_weight: float = 0.0, prior_std: float = 1.0) -> dict:
     """The PiNI training loss and its named parts.
 
-    The derivation (pi-noise, Li 2022; PiNI §3 — the exact intermediate forms are *inferred*):
+    The loss is what the authors' code trains: the cross-entropy of the frozen CLIP on noisy inputs,
+    averaged over K noise samples. What it means is argued in five steps; the paper's reading is
+    labelled as such, and every other step holds under the definitions it states.
 
-    (Eq. 1) CLIP's classifier p(y | x, P) defines the task T; its entropy is
-            H(T) = E_{x,y}[ −log p(y | x, P) ].
-    (Eq. 2) A noise E is positive-incentive (pi-noise) iff it makes the task less uncertain:
-            I(T, E) = H(T) − H(T | E) > 0.
-            CLIP is frozen, so H(T) is a constant and  max_θ I(T, E)  ⇔  min_θ H(T | E).
-    (Eq. 3) With the noise drawn from the injector, ε ~ p_θ(ε | x, P),
-            H(T | E) = E_{x,y} E_{ε ~ p_θ}[ −log p(y | x, ε, P) ],
-            where p(y | x, ε, P) is the (intractable) posterior of the joint p(x, y) p_θ(ε | x, P).
-    (Eq. 4) Variational step: replace it by the frozen CLIP evaluated on noisy inputs,
-            q(y | x, ε, P) = softmax_c( cos(V(x) + ε_v, T(ρ_c + ε_t)) / τ ). Because
-            E[−log p] = E[−log q] − E[ KL(p(y|x,ε,P) ‖ q(y|x,ε,P)) ] and KL ≥ 0 (Gibbs),
-            H(T | E) ≤ E_{x,y} E_{ε ~ p_θ}[ −log q(y | x, ε, P) ]          — the upper bound.
-    (Eq. 5) Monte-Carlo estimate with K reparameterised samples ε_k = μ + σ ⊙ z_k (Eq. 6):
-            L_CE = (1/B) Σ_b (1/K) Σ_k −log q(y_b | x_b, ε_k, P).
-    (Eq. 8) ELBO form: if the noise is also asked to stay explainable by a fixed "pure noise"
-            prior p(ε) = N(0, s² I), Jensen's inequality gives, for the predictive under prior
-            noise, −log ∫ q(y|x,ε,P) p(ε) dε ≤ E_{p_θ}[ −log q(y|x,ε,P) ] + KL(p_θ(ε|x,P) ‖ p(ε)),
-            i.e. a KL term with weight β = kl_weight (β = 1: the ELBO; β > 0: a VIB-style
-            regulariser that stops σ from collapsing and μ from growing).
+    (Eq. 3) The random variables. X an image, Y its class, E the noise; the prompt set P is fixed.
+        The data give p(x, y); the injector draws ε ~ p_θ(ε | x, P), seeing the image (the text
+        noise not even that) but never the label. The joint is therefore
+            p_θ(x, y, ε) = p(x, y) · p_θ(ε | x, P),
+        and under it Y and E are independent given X:  p(y | x, ε) = p(y | x).
+        The frozen CLIP fed with noisy inputs (Eq. 1 with noise) is a *model*, not a conditional
+        of this joint:
+            q(y = c | x, ε, P) = softmax_c( cos(V(x) + ε_v, T(ρ_c + ε_t)) / τ ).
 
-    What the authors' code keeps: L_CE with K = 1 (NOISE_NUM), i.e. plain cross-entropy on
-    the noisy logits. It drops: the constant H(T) (no gradient), the KL gap of Eq. 4 (intractable;
-    dropping it is what makes Eq. 4 a bound) and the prior KL of Eq. 8 (β = 0). The defaults here
-    (ce_weight = 1, kl_weight = 0) reproduce the code; β is the switch for the term it drops.
+    (Eq. 2) The paper's reading (pi-noise, Li 2022; PiNI follows its predecessor VPN, arXiv
+        2306.07651 — the exact equations are *inferred*, only the abstract and introduction could
+        be read here). A noise E is positive-incentive for a task T iff I(T, E) = H(T) − H(T | E) > 0.
+        The task's uncertainty is measured through CLIP's own predictive distribution, with the
+        prompt — and so the noise — a random variable:
+            H(T) ≈ E_{x,y}[ −log p(y | x, P) ],   H(T | E) ≈ E_{x,y} E_{ε~p_θ}[ −log q(y | x, ε, P) ],
+        which the noise does change; learning θ to lower H(T | E) is learning pi-noise.
+
+    (Eq. 4) What is provably true of the trained loss. For *any* classifier q, by Gibbs' inequality,
+            E_{x,y} E_{ε~p_θ}[ −log q(y | x, ε, P) ]
+              = H(Y | X, E) + E_{x,ε}[ KL( p(· | x, ε) ‖ q(· | x, ε, P) ) ]  ≥  H(Y | X, E),
+        expanding −log q = −log p(y | x, ε) + log[p(y | x, ε) / q(y | x, ε, P)] and averaging over
+        y ~ p(y | x, ε). The loss is an upper bound on the conditional entropy of the labels given
+        (x, ε), and its gap is an expected KL. Under Eq. 3, H(Y | X, E) = H(Y | X) does not depend
+        on θ: training moves only the gap, making the noisy frozen classifier's predictions closer
+        to the data's.
+
+    (Eq. 5) The Monte-Carlo estimate, with K reparameterised samples ε_k = μ + σ ⊙ z_k (Eq. 6),
+            L_CE = (1/B) Σ_b (1/K) Σ_k −log q(y_b | x_b, ε_k, P),
+        is an *unbiased estimate* of the left side of Eq. 4 (its expectation over the batch and the
+        z_k is exactly that), not itself a bound: one batch can fall below H(Y | X). On a few-shot
+        training set the expectation over (x, y) is the empirical one, so what is bounded is the
+        empirical conditional entropy — 0 when every training image appears once, with one label —
+        and nothing is said about test data.
+
+    Where the paper's framing is loose, and why:
+      * With Shannon quantities of the joint of Eq. 3, the noise carries no information about y
+        beyond x: I(Y; E | X) = 0 for every θ, and "max_θ I(T, E) ⇔ min_θ H(T | E)" is empty.
+      * Mixing the two — H(T) the clean classifier's cross-entropy, H(T | E) the true H(Y | X, E) —
+        gives H(T) − H(T | E) = H(T) − H(Y | X) ≥ 0 for *every* noise (Gibbs), plain N(0, I)
+        included (notebook 01), so its sign certifies nothing.
+      * The paper's H(T) and H(T | E) are cross-entropies between the data and CLIP's predictions,
+        not entropies: their difference is not a mutual information (it is negative for a noise
+        that blurs the classifier), and lowering H(T | E) means "the noisy classifier fits the
+        labels better". The loss *is* that H(T | E) (up to Monte-Carlo error); what it upper-bounds
+        is the true H(Y | X, E), by Eq. 4.
+
+    (Eq. 8) This project's optional regulariser — not a term of the paper, not in the authors'
+        code: β · KL( p_θ(ε | x, P) ‖ N(0, s² I) ), VIB/ELBO-style. Its inequality (Jensen:
+        −log E_{p_θ}[q · p/p_θ] ≤ E_{p_θ}[−log(q · p/p_θ)]) holds for every θ:
+            −log ∫ q(y | x, ε, P) N(ε; 0, s² I) dε  ≤  E_{ε~p_θ}[ −log q(y | x, ε, P) ] + KL(p_θ ‖ N(0, s² I)).
+        Its left side is the NLL of the predictive of a classifier whose noise comes from the fixed
+        prior: it does not depend on θ, and is neither H(Y | X, E) nor what PiNI predicts with
+        (Eq. 9). So β = 1 bounds a fixed number; β > 0 is a regulariser that penalises |μ| and pulls
+        σ towards s (∂KL/∂σ = −1/σ + σ/s², so σ cannot collapse to 0).
+
+    The defaults (ce_weight = 1, kl_weight = 0) train exactly what the authors' code trains: L_CE,
+    K = 1 (their NOISE_NUM), no KL.
 
     Args:
         output: `PiNI.forward` output, logits (K, B, C) and the noise distributions.
         labels: (B,) class indices.
         ce_weight: weight of L_CE (0 switches it off — e.g. to look at the KL alone).
-        kl_weight: β, weight of Σ_injectors KL(p_θ ‖ N(0, s² I)).
-            The text noise is shared by the whole data set, so its dataset-level ELBO weight per
-            example is β/N; the image noise is per example, weight β. One β for both keeps the
+        kl_weight: β, weight of Σ_injectors KL(p_θ ‖ N(0, s² I)) (Eq. 8).
+            The text noise is shared by the whole data set, so a dataset-level ELBO would weight it
+            β/N per example; the image noise is per example, weight β. One β for both keeps the
             switch simple; scale it to taste.
         prior_std: s, the prior's standard deviation.
     Returns:
@@ -829,14 +876,21 @@ def pini_objective(output: PiNIOutput, labels: torch.Tensor, ce_weight: float = 
 
 
 def pi_noise_information(clean_logits: torch.Tensor, noisy_logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Estimate the quantities of Eq. 2 on a batch, in nats:
+    """The quantities of the paper's pi-noise reading (Eq. 2), estimated on a batch, in nats:
 
-    task_entropy        Ĥ(T)       = mean −log p(y | x, P)       (frozen CLIP, no noise)
-    conditional_bound   Ĥ(T|E) ≤   = mean −log q(y | x, ε_k, P)  (Eq. 5, averaged over K)
-    information_bound   Î(T, E) ≥  = Ĥ(T) − conditional_bound
+    task_entropy       Ĥ(T) = mean −log p(y | x, P)            the clean frozen classifier's cross-entropy
+    conditional_bound  mean over K of −log q(y | x, ε_k, P)    the loss, Eq. 5: an unbiased estimate of
+                                                               the upper bound of Eq. 4 on H(Y | X, E)
+    information_bound  Ĥ(T) − conditional_bound                the cross-entropy the noise removes
 
-    clean_logits (B, C); noisy_logits (K, B, C). A positive information bound certifies (up to
-    sampling error) that the noise is positive-incentive for this task.
+    A positive information_bound says that the noisy classifier predicts these labels better than the
+    clean one — pi-noise in the paper's model-based sense, up to sampling error. It does *not* certify
+    pi-noise in Shannon's sense: in expectation it is a lower bound on H(T) − H(Y | X, E) = H(T) − H(Y | X),
+    which is ≥ 0 for every noise (Gibbs; plain N(0, I) noise gives about +0.39 nats in notebook 01), and
+    the true I(Y; E | X) is 0 for any noise drawn without seeing y (Eq. 3). The names are kept for
+    compatibility: "bound" refers to Eq. 4.
+
+    clean_logits (B, C); noisy_logits (K, B, C).
     """
     K, B, C = noisy_logits.shape
     task_entropy = F.cross_entropy(clean_logits.float(), labels)
