@@ -3,30 +3,42 @@
 Every dataset lives under one data root (`--data-root`, else $PINI_DATA, else ./data) in the
 layout of CoOp's DATASETS.md (https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md),
 with CoOp's fixed train/val/test split files (`split_zhou_*.json`). That is what makes
-accuracies comparable with the paper's tables: same images, same splits, same class names.
+accuracies comparable with the paper's tables: same images, same splits, same class names,
+and the same few-shot samples (Dassl's generate_fewshot_dataset, reproduced exactly).
 
-    load_dataset(name, root)            -> Split(train, val, test, classnames, info)
-    few_shot(split, shots, seed, dir)   -> k training images per class (+ min(k, 4) val),
-                                           cached as a readable JSON file
-    ImageDataset(items, transform)      -> a torch Dataset of (image, label)
+    load_dataset(name, root)              -> Split(train, val, test, classnames, info, folder,
+                                                   source, fingerprint, split_path)
+    load_datasets(names, root)            -> [Split, ...], one error naming every broken dataset
+    few_shot(split, shots, seed)          -> FewShot: k training images per class (+ min(k, 4) val),
+                                             CoOp's own sample, cached as fingerprinted JSON;
+                                             .record() for result.json
+    verify_images(items, name)            -> decode every image up front (parallel, remembered)
+    ImageDataset(items, transform)        -> a torch Dataset of (image, label); .set_epoch(seed)
+                                             makes augmentation independent of --workers
 
+Caches never go stale: each carries a fingerprint of what it was made from and is made again,
+with a warning, when that changed. A split this module generates is never named like CoOp's.
 This module knows nothing of models: transforms are passed in.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import json
 import os
 import random
 import re
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch.utils.data
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
+from tqdm import tqdm
 
 COOP_DATASETS_DOC = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 
@@ -122,7 +134,8 @@ DATASETS = {info.alias: info for info in [
                 renames=EUROSAT_NAMES),
     DatasetInfo("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
                 "a photo of a person doing", "a photo of a person doing {}.",
-                _tree("ucf101/", "├── UCF-101-midframes/   # one folder per action", "└── split_zhou_UCF101.json")),
+                _tree("ucf101/", "├── UCF-101-midframes/   # one folder per action", "└── split_zhou_UCF101.json",
+                      "(or ucfTrainTestlist/ instead of the split file: a split by CoOp's protocol is generated)")),
     DatasetInfo("imagenet_v2", "ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val", "",
                 "a photo of a", "a photo of a {}.",
                 _tree("imagenetv2/", "├── imagenetv2-matched-frequency-format-val/   # folders 0 ... 999",
@@ -139,8 +152,15 @@ DATASETS = {info.alias: info for info in [
 ]}
 BENCHMARK = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101",
              "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]  # the 11 datasets of the tables
-# Datasets whose images come one folder per class: a missing split file can be generated.
-FOLDER_PER_CLASS = {"caltech101", "dtd", "eurosat", "food101", "ucf101"}
+# Datasets whose images come one folder per class: a missing split file can be generated (not
+# UCF101: its folders mix frames of one video group; it is generated from ucfTrainTestlist only).
+FOLDER_PER_CLASS = {"caltech101", "dtd", "eurosat", "food101"}
+PARTS = ("train", "val", "test")
+SAMPLER_VERSION = 2  # 1: PiNI's first sampler (> k, sorted labels); 2: Dassl's generate_fewshot_dataset
+SPLIT_VERSION = 1    # of the splits this module generates
+GENERATED_SPLIT_FILE = "split_pini_generated.json"  # never CoOp's name split_zhou_*.json
+CUSTOM_SPLIT_FILE = "split_pini.json"
+CACHE_FOLDERS = {"split_fewshot"}  # PiNI's (and CoOp's) cache folders: never a class
 CUSTOM_TEMPLATE = "a photo of a"
 
 
@@ -148,15 +168,22 @@ def default_data_root() -> str:
     return os.environ.get("PINI_DATA", "./data")
 
 
+def _squash(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
 def resolve_name(name: str) -> str:
     """Map "Caltech101", "caltech-101", "oxford_pets", ... to the alias; a folder path stays as is."""
     if name in DATASETS or os.path.isdir(name):
         return name
-    squash = re.sub(r"[^a-z0-9]", "", name.lower())
-    for alias, info in DATASETS.items():
-        if squash in {re.sub(r"[^a-z0-9]", "", s.lower()) for s in (alias, info.name, info.folder)}:
-            return alias
-    raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, 'all' "
+    spellings = {_squash(s): alias for alias, info in DATASETS.items() for s in (alias, info.name, info.folder)}
+    if _squash(name) in spellings:
+        return spellings[_squash(name)]
+    if os.sep in name or name.startswith("."):  # meant as a folder of one's own
+        raise DatasetError(f"no folder {name!r}: give the path of a folder with one sub-folder per class")
+    close = dict.fromkeys(spellings[s] for s in difflib.get_close_matches(_squash(name), spellings, n=3, cutoff=0.6))
+    hint = f" (did you mean {' or '.join(repr(alias) for alias in close)}?)" if close else ""
+    raise DatasetError(f"unknown dataset {name!r}{hint}: choose one of {', '.join(DATASETS)}, 'all' "
                        "(the 11 benchmark datasets), or the path of a folder with one sub-folder per class")
 
 
@@ -166,13 +193,31 @@ def resolve_name(name: str) -> str:
 
 @dataclass
 class Split:
-    """A dataset's full train / val / test lists and its class names (index = label)."""
+    """A dataset's full train / val / test lists and its class names (index = label).
+
+    source:      "coop"      CoOp's split file, or CoOp's protocol on the official lists (ImageNet,
+                             FGVCAircraft, the ImageNet variants): numbers comparable with the paper's;
+                 "generated" a split this module made from the image folders: not CoOp's, so not
+                             comparable (a run should say so and record it);
+                 "custom"    a folder of your own.
+    fingerprint: a hash of every (relative path, label, class name) of train, val and test: two splits
+                 with the same fingerprint are the same split. Few-shot caches are keyed by it.
+    split_path:  the split file read or written, if any.
+    """
     train: list
     val: list
     test: list
     classnames: list
     info: DatasetInfo
-    folder: Path  # where split and few-shot files are kept
+    folder: Path  # the dataset folder; caches go here when it is writable
+    source: str = "coop"
+    fingerprint: str = ""
+    split_path: Optional[Path] = None
+
+    @property
+    def image_root(self) -> Path:
+        """Where the split's relative paths start."""
+        return self.folder / self.info.image_dir
 
 
 def load_dataset(name: str, root: Optional[str] = None) -> Split:
@@ -185,6 +230,7 @@ def load_dataset(name: str, root: Optional[str] = None) -> Split:
     folder = root / info.folder
     if not folder.is_dir():
         raise DatasetError(_missing_message(info, folder, root))
+    source, split_path = "coop", None
     if info.alias == "fgvc_aircraft":
         train, val, test = _read_aircraft(folder)
     elif info.alias == "imagenet":
@@ -196,12 +242,71 @@ def load_dataset(name: str, root: Optional[str] = None) -> Split:
         test = _read_imagenet_variant(folder, info)
         train, val = [], []
     else:
-        train, val, test = _read_or_make_split(folder, info)
-    items = train + val + test
-    split = Split(train, val, test, _classnames(items), info, folder)
-    if not split.test:
-        raise DatasetError(f"{info.name}: no test images found under {folder}")
-    return split
+        (train, val, test), source, split_path = _read_or_make_split(folder, info)
+    return _new_split(train, val, test, info, folder, source, split_path)
+
+
+def load_datasets(names, root: Optional[str] = None) -> list:
+    """Load every dataset named ('all' = the 11 benchmark datasets), each once, in order.
+
+    All problems are reported together: one DatasetError naming every dataset that cannot be
+    used, with what each one needs, so that a long multi-dataset run does not stop at the
+    first missing dataset after hours of training the ones before it.
+    """
+    expanded = [alias for name in names for alias in (BENCHMARK if name == "all" else [name])]
+    splits, errors, seen = [], [], set()
+    for name in expanded:
+        try:
+            alias = resolve_name(name)
+            if alias in seen:
+                continue
+            seen.add(alias)
+            splits.append(load_dataset(alias, root))
+        except DatasetError as error:
+            errors.append(f"[{name}] {error}")
+    if errors:
+        raise DatasetError(f"{len(errors)} of {len(errors) + len(splits)} datasets cannot be used:\n\n"
+                           + "\n\n".join(errors))
+    return splits
+
+
+def _new_split(train, val, test, info: DatasetInfo, folder: Path, source: str, split_path=None) -> Split:
+    """Check the class names and fingerprint the content: every Split is made here."""
+    where = f"{info.name} ({split_path or folder})"
+    classnames = _classnames(train + val + test, where)
+    if not test:
+        raise DatasetError(f"{where}: no test images found")
+    image_root = folder / info.image_dir
+    fingerprint = _items_digest(image_root, train, val, test)
+    return Split(train, val, test, classnames, info, folder, source, fingerprint, split_path)
+
+
+def normalised_classname(name: str) -> str:
+    """What a class name becomes in a prompt, up to case and spacing ("Sea_Lion" -> "sea lion")."""
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def _classnames(items, where: str = "dataset") -> list:
+    """Class names by label. At least 2 classes, and no two that give the same prompt."""
+    names = {}
+    for item in items:
+        if names.setdefault(item.label, item.classname) != item.classname:
+            raise DatasetError(f"{where}: label {item.label} has two class names: "
+                               f"{names[item.label]!r}, {item.classname!r}")
+    if sorted(names) != list(range(len(names))):  # every label 0..C-1 must have a name
+        raise DatasetError(f"{where}: labels are not 0..{len(names) - 1}: {sorted(names)[:5]} ...")
+    if len(names) < 2:
+        raise DatasetError(f"{where}: {len(names)} class found, at least 2 are needed (with one class every "
+                           "prediction is right, and accuracy means nothing)")
+    groups = defaultdict(list)
+    for label in range(len(names)):
+        groups[normalised_classname(names[label])].append(names[label])
+    clashes = [group for group in groups.values() if len(group) > 1]
+    if clashes:
+        listed = "; ".join(" = ".join(repr(n) for n in group) for group in clashes[:5])
+        raise DatasetError(f"{where}: {len(clashes)} groups of class names give the same prompt: {listed}. "
+                           "Merge or rename those class folders (or split file entries)")
+    return [names[label].replace("_", " ") for label in range(len(names))]
 
 
 def _missing_message(info: DatasetInfo, folder: Path, root: Path) -> str:
@@ -210,30 +315,127 @@ def _missing_message(info: DatasetInfo, folder: Path, root: Path) -> str:
             f"Download the images and the split file as {COOP_DATASETS_DOC} describes ({info.name}).")
 
 
-def _read_split_file(path: Path, image_dir: Path, renames: dict):
+SPLIT_FORMAT = "JSON {'train': [[relative_path, label, classname], ...], 'val': [...], 'test': [...]}"
+
+
+def _split_problem(raw, parts) -> Optional[str]:
+    """Why `raw` is not a split (None when it is one): the schema of CoOp's split files."""
+    if not isinstance(raw, dict):
+        return f"it holds a JSON {type(raw).__name__}, not an object"
+    for part in parts:
+        rows = raw.get(part)
+        if not isinstance(rows, list):
+            return f"{part!r} is missing or not a list"
+        for i, row in enumerate(rows):
+            if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[2], str)
+                    and isinstance(row[1], int) and not isinstance(row[1], bool) and row[1] >= 0):
+                return f"{part}[{i}] is {json.dumps(row)[:80]}, not [relative_path, label >= 0, classname]"
+            path = row[0]
+            if not path or os.path.isabs(path) or path.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", path):
+                return f"{part}[{i}] has the path {path!r}: paths must be relative and stay inside the image folder"
+    return None
+
+
+def _read_json(path: Path):
+    """A JSON file's content; a DatasetError naming the file when it cannot be read or parsed."""
     try:
-        raw = json.loads(path.read_text())
-        return tuple([Item(str(image_dir / p), int(label), renames.get(name, name)) for p, label, name in raw[part]]
-                     for part in ("train", "val", "test"))
-    except (ValueError, KeyError, TypeError) as error:
-        raise DatasetError(f"{path} is not a split file: expected JSON {{'train': [[relative_path, label, "
-                           f"classname], ...], 'val': [...], 'test': [...]}} ({error})") from None
+        return json.loads(path.read_text())
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise DatasetError(f"{path} is not valid JSON ({error}): replace it (a PiNI cache can be deleted)") from None
+
+
+def _read_split_file(path: Path, image_dir: Path, renames: dict, parts=("train", "val", "test")):
+    """Items of each part of a split file, refused with one line when it is not a split file."""
+    raw = _read_json(path)
+    problem = _split_problem(raw, parts)
+    if problem:
+        raise DatasetError(f"{path} is not a split file: {problem}. Expected {SPLIT_FORMAT}; "
+                           f"get CoOp's file as {COOP_DATASETS_DOC} describes, or delete it if PiNI made it")
+    return tuple([Item(str(image_dir / p), label, renames.get(name, name)) for p, label, name in raw[part]]
+                 for part in parts)
+
+
+def _made_by_old_pini(path: Path) -> bool:
+    """An earlier PiNI wrote generated splits under CoOp's name, indented by 1; CoOp's files use 4."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(12) == b'{\n "train": '
+    except OSError:
+        return False
 
 
 def _read_or_make_split(folder: Path, info: DatasetInfo):
+    """((train, val, test), source, path): CoOp's split file, else a generated split (cached)."""
     image_dir = folder / info.image_dir
     split_path = folder / info.split_file
+    if split_path.is_file() and not _made_by_old_pini(split_path):
+        return _read_split_file(split_path, image_dir, info.renames), "coop", split_path
     if split_path.is_file():
-        return _read_split_file(split_path, image_dir, info.renames)
+        warnings.warn(f"{split_path} was generated by an earlier PiNI from your image folders: it is not CoOp's "
+                      f"split, and is ignored. Delete it, and put CoOp's file there ({COOP_DATASETS_DOC}).")
+    if info.alias == "ucf101" and (folder / "ucfTrainTestlist").is_dir() and image_dir.is_dir():
+        lists = folder / "ucfTrainTestlist"
+        made_from = _digest(SPLIT_VERSION, [_file_digest(lists / f) for f in UCF_LISTS])
+        return _generated_split(folder, image_dir, info, made_from, lambda: make_ucf101_split(folder, image_dir))
     if info.alias in FOLDER_PER_CLASS and image_dir.is_dir():
-        train, val, test = make_split(image_dir, renames=info.renames, ignored=info.ignored)
-        write_split(split_path, image_dir, train, val, test)
-        warnings.warn(f"{split_path.name} not found: created a split (seed 1, 50/20/30 per class) and wrote it "
-                      f"to {split_path}. CoOp's own file ({COOP_DATASETS_DOC}) gives numbers comparable to the paper.")
-        return train, val, test
+        made_from = _digest(SPLIT_VERSION, info.ignored, _tree_listing(image_dir))
+        return _generated_split(folder, image_dir, info, made_from,
+                                lambda: make_split(image_dir, renames=info.renames, ignored=info.ignored))
     what = f"split file {info.split_file}" if image_dir.is_dir() else f"image folder {info.image_dir}/"
+    extra = ""
+    if info.alias == "ucf101":
+        extra = ("\nCoOp's split keeps the frames of one video group out of both train and test; PiNI can "
+                 "generate a split by CoOp's protocol only from UCF101's ucfTrainTestlist/ folder "
+                 "(classInd.txt, trainlist01.txt, testlist01.txt) placed in the dataset folder.")
     raise DatasetError(f"{info.name}: {what} missing in {folder}. Expected layout:\n{info.layout}\n"
-                       f"Get the images and {info.split_file} as {COOP_DATASETS_DOC} describes ({info.name}).")
+                       f"Get the images and {info.split_file} as {COOP_DATASETS_DOC} describes ({info.name}).{extra}")
+
+
+def _generated_split(folder: Path, image_root: Path, info: DatasetInfo, made_from: str, make: Callable):
+    """A split this module generates, cached with the fingerprint of what it was made from."""
+    cached = _cached_split(folder, image_root, made_from)
+    if cached:
+        return cached[0], "generated", cached[1]
+    train, val, test = make()
+    path = _write_cache(GENERATED_SPLIT_FILE, _cache_places(folder),
+                        _split_payload(image_root, train, val, test, made_from=made_from))
+    warnings.warn(f"{info.name}: {info.split_file} not found, so PiNI generated a split from the image folders "
+                  f"({'CoOp protocol on ucfTrainTestlist' if info.alias == 'ucf101' else 'seed 1, 50/20/30 per class'})"
+                  f"{f' and cached it in {path}' if path else ''}. It is NOT CoOp's split: numbers are not "
+                  f"comparable with the paper's. Get CoOp's {info.split_file} ({COOP_DATASETS_DOC}).")
+    return (train, val, test), "generated", path
+
+
+def _cached_split(folder: Path, image_root: Path, made_from: str, filename: str = None):
+    """((train, val, test), path) of a cached generated split made from `made_from`, else None."""
+    filename = filename or GENERATED_SPLIT_FILE
+    for place in _cache_places(folder):
+        path = place / filename
+        if not path.is_file():
+            continue
+        try:
+            raw = _read_json(path)
+        except DatasetError as error:
+            warnings.warn(f"{error}: generating the split again")
+            continue
+        meta = raw.get("pini", {}) if isinstance(raw, dict) else {}
+        if not isinstance(meta, dict) or meta.get("made_from") != made_from or _split_problem(raw, PARTS):
+            warnings.warn(f"{path} was made from other image folders or by another PiNI version: "
+                          "generating the split again")
+            continue
+        return tuple([Item(str(image_root / p), label, name) for p, label, name in raw[part]]
+                     for part in PARTS), path
+    return None
+
+
+def _split_payload(image_root: Path, train, val, test, **meta) -> dict:
+    payload = {part: [[_relative(item.path, image_root), item.label, item.classname] for item in items]
+               for part, items in zip(PARTS, (train, val, test))}
+    if meta:
+        payload["pini"] = dict(meta, note="made by PiNI (datasets.py), not CoOp's split", version=SPLIT_VERSION)
+    return payload
 
 
 def make_split(image_dir: Path, p_train: float = 0.5, p_val: float = 0.2, seed: int = 1,
@@ -243,7 +445,7 @@ def make_split(image_dir: Path, p_train: float = 0.5, p_val: float = 0.2, seed: 
     Deterministic: files are sorted, then shuffled by a generator seeded with `seed`.
     """
     renames = renames or {}
-    classes = [c for c in find_classes(str(image_dir))[0] if c not in ignored]
+    classes = _class_folders(image_dir, ignored)
     by_class = _images_by_class(image_dir, classes)
     rng = random.Random(seed)
     train, val, test = [], [], []
@@ -261,11 +463,68 @@ def make_split(image_dir: Path, p_train: float = 0.5, p_val: float = 0.2, seed: 
     return train, val, test
 
 
-def write_split(path: Path, image_dir: Path, train, val, test):
-    """Write a split file in CoOp's format (paths relative to the image folder)."""
-    def rows(items):
-        return [[os.path.relpath(item.path, image_dir), item.label, item.classname] for item in items]
-    path.write_text(json.dumps({"train": rows(train), "val": rows(val), "test": rows(test)}, indent=1))
+UCF_LISTS = ("classInd.txt", "trainlist01.txt", "testlist01.txt")
+
+
+def make_ucf101_split(folder: Path, image_dir: Path, seed: int = 1):
+    """UCF101 by CoOp's protocol (datasets/ucf101.py): UCF's official trainlist01 / testlist01, so
+    the frames of one video group never fall on both sides, then 80/20 train/val per class
+    (OxfordPets.split_trainval). CoOp shuffles with the global seed of whichever run made the split
+    first; here the seed is fixed to 1. Class names: CamelCase split by "_" ("Apply_Eye_Makeup").
+    """
+    lists = folder / "ucfTrainTestlist"
+
+    def lines(name):
+        path = lists / name
+        if not path.is_file():
+            raise DatasetError(f"UCF101: {path} missing (it comes with UCF101's ucfTrainTestlist.zip)")
+        return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+    try:
+        label = {name: int(index) - 1 for index, name in lines("classInd.txt")}
+    except ValueError:
+        raise DatasetError(f"UCF101: {lists / 'classInd.txt'} is not '<index> <ClassName>' per line") from None
+
+    def read(name):
+        items = []
+        for row in lines(name):
+            action, _, video = row[0].partition("/")
+            if action not in label or not video:
+                raise DatasetError(f"UCF101: {lists / name} names {row[0]!r}, not <ClassName>/<video>.avi "
+                                   "with a class of classInd.txt")
+            renamed = "_".join(re.findall("[A-Z][^A-Z]*", action)) or action
+            items.append(Item(str(image_dir / renamed / video.replace(".avi", ".jpg")), label[action], renamed))
+        return items
+
+    train, val = _split_trainval(read("trainlist01.txt"), p_val=0.2, rng=random.Random(seed))
+    return train, val, read("testlist01.txt")
+
+
+def _split_trainval(items, p_val: float, rng: random.Random):
+    """CoOp's split_trainval: per label (first-appearance order), shuffle, first round(n·p_val) to val."""
+    train, val = [], []
+    for group in _by_label(items):
+        n_val = round(len(group) * p_val)
+        if n_val == 0:
+            raise DatasetError(f"class {group[0].classname!r} has {len(group)} training images: too few to "
+                               "keep 20% for validation")
+        rng.shuffle(group)
+        val += group[:n_val]
+        train += group[n_val:]
+    return train, val
+
+
+def _class_folders(image_dir: Path, ignored=()) -> list:
+    """Sorted class folders: hidden folders, `ignored` and PiNI's own cache folders are not classes."""
+    try:
+        entries = list(os.scandir(image_dir))
+    except OSError as error:
+        raise DatasetError(f"cannot list {image_dir}: {error.strerror or error}") from None
+    classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(".")
+                     and e.name not in ignored and e.name not in CACHE_FOLDERS)
+    if not classes:
+        raise DatasetError(f"{image_dir} has no class folders (one sub-folder of images per class is expected)")
+    return classes
 
 
 def _images_by_class(image_dir: Path, classes) -> dict:
@@ -276,15 +535,36 @@ def _images_by_class(image_dir: Path, classes) -> dict:
     return by_class
 
 
+def _tree_listing(folder: Path) -> list:
+    """Every folder and image under `folder`, relative and sorted, without hidden entries and PiNI's
+    caches: what a generated split is made from, so that any added, removed or renamed class or
+    image is noticed."""
+    listing = []
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in CACHE_FOLDERS]
+        rel = os.path.relpath(here, folder)
+        listing += [os.path.join(rel, d) + "/" for d in dirs]
+        listing += [os.path.join(rel, f) for f in files if not f.startswith(".") and f.lower().endswith(IMG_EXTENSIONS)]
+    return sorted(listing)
+
+
 def _read_class_folders(image_dir: Path, names: dict, info: DatasetInfo) -> list:
     """Images in <image_dir>/<folder>/..., labels by sorted folder, names from `names`."""
     if not image_dir.is_dir():
         raise DatasetError(f"{info.name}: folder {image_dir} missing. Expected layout:\n{info.layout}\n"
                            f"See {COOP_DATASETS_DOC} ({info.name}).")
-    folders = find_classes(str(image_dir))[0]
+    loose = [e.name for e in os.scandir(image_dir) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
+    if loose:
+        raise DatasetError(f"{info.name}: {image_dir} holds {len(loose)} images directly (e.g. {loose[0]}), but "
+                           "one folder per class is expected, as in train/ (n01440764/..., n01443537/...). "
+                           "For ImageNet's val/, move each image into its class folder (e.g. with the widely used "
+                           f"valprep.sh script), as {COOP_DATASETS_DOC} describes ({info.name}). Expected layout:\n"
+                           f"{info.layout}")
+    folders = _class_folders(image_dir)
     unknown = [f for f in folders if f not in names]
     if unknown:
-        raise DatasetError(f"{info.name}: {len(unknown)} class folders are not in classnames.txt, e.g. {unknown[:3]}")
+        raise DatasetError(f"{info.name}: {len(unknown)} class folders of {image_dir} are not in classnames.txt, "
+                           f"e.g. {unknown[:3]}")
     by_class = _images_by_class(image_dir, folders)
     return [Item(p, label, names[f]) for label, f in enumerate(folders) for p in sorted(by_class[f])]
 
@@ -295,7 +575,11 @@ def _read_imagenet_classnames(folder: Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"{path} missing: it maps ImageNet folders to CLIP's class names "
                            f"('n01440764 tench' per line); get it as {COOP_DATASETS_DOC} describes (ImageNet).")
-    lines = [line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read {path} as text ({error}): 'n01440764 tench' per line is expected") from None
+    lines = [line.split(maxsplit=1) for line in text.splitlines() if line.strip()]
     return {parts[0]: parts[1] if len(parts) > 1 else parts[0] for parts in lines}
 
 
@@ -322,41 +606,47 @@ def _read_aircraft(folder: Path):
         path = folder / f"images_variant_{part}.txt"
         if not path.is_file():
             raise DatasetError(f"FGVCAircraft: {path} missing. Expected layout:\n{DATASETS['fgvc_aircraft'].layout}")
-        rows = [line.strip().split(" ", 1) for line in path.read_text().splitlines() if line.strip()]
-        return [Item(str(folder / "images" / f"{image}.jpg"), label[name], name) for image, name in rows]
+        items = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            image, _, name = line.strip().partition(" ")
+            if line.strip() and name not in label:
+                raise DatasetError(f"FGVCAircraft: {path} line {n} is {line.strip()!r}: '<image id> <variant>' "
+                                   f"with a variant of {variants.name} is expected")
+            if line.strip():
+                items.append(Item(str(folder / "images" / f"{image}.jpg"), label[name], name))
+        return items
 
     return read("train"), read("val"), read("test")
 
 
-def _classnames(items) -> list:
-    names = {}
-    for item in items:
-        if names.setdefault(item.label, item.classname) != item.classname:
-            raise DatasetError(f"label {item.label} has two class names: {names[item.label]!r}, {item.classname!r}")
-    if sorted(names) != list(range(len(names))):  # every label 0..C-1 must have a name
-        raise DatasetError(f"labels are not 0..{len(names) - 1}: {sorted(names)[:5]} ...")
-    return [names[label].replace("_", " ") for label in range(len(names))]
-
-
 def _load_custom(folder: Path) -> Split:
-    """Your own data: <folder>/<class>/*.jpg, or <folder>/{train,val,test}/<class>/*.jpg."""
-    info = DatasetInfo(folder.name, folder.name, str(folder), "", "split_pini.json", CUSTOM_TEMPLATE,
+    """Your own data: <folder>/<class>/*.jpg, or <folder>/{train,val,test}/<class>/*.jpg.
+
+    The split is generated (seed 1: 50/20/30 per class, or 80/20 train/val when there is no val/),
+    and cached as split_pini.json with a fingerprint of the folder's listing: adding, removing or
+    renaming a class or an image makes a new split (with a warning), never a silently stale one.
+    """
+    info = DatasetInfo(folder.name, folder.name, str(folder), "", CUSTOM_SPLIT_FILE, CUSTOM_TEMPLATE,
                        CUSTOM_TEMPLATE + " {}.", _tree(f"{folder.name}/", "├── class_a/   # images",
                                                        "└── class_b/", "or train/, [val/,] test/ each like that"))
-    split_path = folder / info.split_file
-    if split_path.is_file():
-        train, val, test = _read_split_file(split_path, folder, {})
-    elif (folder / "train").is_dir():
-        if not (folder / "test").is_dir():
-            raise DatasetError(f"{folder} has train/ but no test/ folder. Expected layout:\n{info.layout}")
-        classes = find_classes(str(folder / "train"))[0]
+    has_parts = (folder / "train").is_dir()
+    if has_parts and not (folder / "test").is_dir():
+        raise DatasetError(f"{folder} has train/ but no test/ folder. Expected layout:\n{info.layout}")
+    made_from = _digest(SPLIT_VERSION, _tree_listing(folder))
+    cached = _cached_split(folder, folder, made_from, CUSTOM_SPLIT_FILE)
+    if cached:
+        (train, val, test), path = cached
+        return _new_split(train, val, test, info, folder, "custom", path)
+    if has_parts:
+        classes = _class_folders(folder / "train")
         labels = {c: i for i, c in enumerate(classes)}
 
         def read(part):
-            by_class = _images_by_class(folder / part, find_classes(str(folder / part))[0])
-            extra = set(by_class) - set(labels)
+            present = _class_folders(folder / part) if any(os.scandir(folder / part)) else []
+            extra = set(present) - set(labels)
             if extra:
                 raise DatasetError(f"{folder / part} has classes that train/ lacks: {sorted(extra)[:5]}")
+            by_class = _images_by_class(folder / part, present)
             return [Item(p, labels[c], c) for c in classes for p in sorted(by_class.get(c, []))]
 
         train, test = read("train"), read("test")
@@ -364,14 +654,15 @@ def _load_custom(folder: Path) -> Split:
             val = read("val")
         else:
             train, val = _split_per_class(train, 0.8, seed=1)
-        write_split(split_path, folder, train, val, test)
     else:
-        try:
-            train, val, test = make_split(folder)
-        except FileNotFoundError:
-            raise DatasetError(f"{folder} has no class folders. Expected layout:\n{info.layout}") from None
-        write_split(split_path, folder, train, val, test)
-    return Split(train, val, test, _classnames(train + val + test), info, folder)
+        train, val, test = make_split(folder)
+    stale = any((place / CUSTOM_SPLIT_FILE).is_file() for place in _cache_places(folder))
+    path = _write_cache(CUSTOM_SPLIT_FILE, _cache_places(folder),
+                        _split_payload(folder, train, val, test, made_from=made_from))
+    if stale:
+        warnings.warn(f"{folder}: the class folders or images changed since {CUSTOM_SPLIT_FILE} was made: "
+                      f"made a new split{f' ({path})' if path else ''}; earlier results used the old one")
+    return _new_split(train, val, test, info, folder, "custom", path)
 
 
 def _split_per_class(items, p_first: float, seed: int):
@@ -387,7 +678,79 @@ def _split_per_class(items, p_first: float, seed: int):
 
 
 # -----------------------------------------------------------------------------------------
-# Few-shot sampling
+# Caches: fingerprinted, written atomically, somewhere writable
+# -----------------------------------------------------------------------------------------
+
+def _digest(*parts) -> str:
+    """A short hash of JSON-able parts."""
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()[:20]
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _relative(path: str, root: Path) -> str:
+    prefix = str(root) + os.sep
+    return path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
+
+
+def _items_digest(root: Path, *parts) -> str:
+    """A hash of every (relative path, label, class name) of each part, in order."""
+    h = hashlib.sha256()
+    for items in parts:
+        h.update(b"\x1e")
+        for item in items:
+            h.update(f"{_relative(item.path, root)}\x1f{item.label}\x1f{item.classname}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/pini, else ~/.cache/pini: where caches go when a data folder is read-only."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pini"
+
+
+def _cache_places(folder: Path, cache_dir=None) -> list:
+    """Where the caches of a dataset folder may live, in order of preference: `cache_dir` (if given),
+    the dataset folder itself (as CoOp), the user cache folder. Each but the dataset folder is keyed
+    by the dataset folder's absolute path, so two datasets never share a cache."""
+    key = f"{folder.name}-{_digest(str(folder.resolve()))[:10]}"
+    places = [Path(cache_dir) / key] if cache_dir else []
+    return places + [folder, user_cache_dir() / key]
+
+
+def _atomic_write(path: Path, text: str):
+    """Write via a temporary file and a rename: a reader never sees half a file (parallel runs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_cache(relative: str, places, payload) -> Optional[Path]:
+    """Write a JSON cache in the first place that takes it; None (and a warning) if none does."""
+    text = json.dumps(payload, indent=1)
+    errors = []
+    for place in places:
+        path = place / relative
+        try:
+            _atomic_write(path, text)
+            return path
+        except OSError as error:
+            errors.append(f"{path}: {error.strerror or error}")
+    warnings.warn(f"could not write the cache {relative} anywhere ({'; '.join(errors)}): it is made again next time")
+    return None
+
+
+# -----------------------------------------------------------------------------------------
+# Few-shot sampling: CoOp's own
 # -----------------------------------------------------------------------------------------
 
 def check_shots(shots) -> int:
@@ -396,46 +759,157 @@ def check_shots(shots) -> int:
     return shots
 
 
-def few_shot(split: Split, shots: int, seed: int, cache: bool = True):
-    """k training images per class (all of a class when it has fewer) and min(k, 4) val images.
+@dataclass
+class FewShot:
+    """One few-shot sample of a split, and what it was drawn from.
 
-    Deterministic for a given seed (the literature reports seeds 1, 2, 3). The sample is cached
-    in <dataset folder>/split_fewshot/shot_<k>-seed_<s>.json so that a rerun — or another
-    variant of the same experiment — trains on exactly the same images.
-    Returns (train, val) lists of Items.
+    short_classes: class name -> its real number of training images, for classes with fewer than
+                   `shots` (they come whole; a run should warn and record it)
+    fingerprint:   hash of (split fingerprint, sampler version, class names, shots, seed)
+    """
+    train: list
+    val: list
+    shots: int
+    seed: int
+    short_classes: dict
+    fingerprint: str
+    split_source: str
+    split_fingerprint: str
+    image_root: str
+    sampler_version: int = SAMPLER_VERSION
+    cache_path: Optional[str] = None
+
+    def record(self) -> dict:
+        """A JSON-able description for result.json: with the same split it re-creates this exact
+        sample (few_shot_from_record)."""
+        root = Path(self.image_root)
+        return {"shots": self.shots, "seed": self.seed, "sampler_version": self.sampler_version,
+                "sampler": "Dassl generate_fewshot_dataset (random.sample when a class has >= k images)",
+                "fingerprint": self.fingerprint, "split_source": self.split_source,
+                "split_fingerprint": self.split_fingerprint, "short_classes": dict(self.short_classes),
+                "train": [_relative(i.path, root) for i in self.train],
+                "val": [_relative(i.path, root) for i in self.val]}
+
+
+def few_shot(split: Split, shots: int, seed: int, cache: bool = True, cache_dir=None) -> FewShot:
+    """k training images per class (all of a class when it has fewer) and min(k, 4) val images,
+    exactly as CoOp draws them (Dassl's generate_fewshot_dataset after set_random_seed(seed)):
+
+    - Python's `random` seeded with `seed` (a private random.Random(seed): the same stream as
+      CoOp's global random.seed(seed), without touching the global state);
+    - labels in the order they first appear in the split (Dassl groups them into a dict);
+    - random.sample(items, k) when a class has AT LEAST k items, else the whole class;
+    - train first, then val from the same stream; ImageNet: train only (its val is the test set).
+
+    The sample is cached as readable JSON in split_fewshot/shot_<k>-seed_<s>.json (in `cache_dir`,
+    else the dataset folder, else the user cache folder: the first that is writable). A cache is
+    used only when its fingerprint matches and every image it names is in the current split's
+    train/val sets; otherwise it is drawn again, with a warning.
     """
     check_shots(shots)
-    path = split.folder / "split_fewshot" / f"shot_{shots}-seed_{seed}.json"
-    image_root = split.folder / split.info.image_dir
-    if cache and path.is_file():
-        train, val, _ = _read_split_file(path, image_root, {})
-        return train, val
-    rng = random.Random(seed)
-    train = sample_per_class(split.train, shots, rng)
-    val = sample_per_class(split.val, min(shots, 4), rng)
+    fingerprint = _digest(split.fingerprint, SAMPLER_VERSION, split.classnames, shots, seed)
+    name = f"shot_{shots}-seed_{seed}.json"
+    places = [place / "split_fewshot" for place in _cache_places(split.folder, cache_dir)]
+    sample, cache_path = None, None
     if cache:
-        try:
-            path.parent.mkdir(exist_ok=True)
-            write_split(path, image_root, train, val, [])
-        except OSError as error:  # a read-only dataset folder: sample again next time
-            warnings.warn(f"could not cache the few-shot sample in {path}: {error}")
-    return train, val
+        for place in places:
+            if (place / name).is_file():
+                sample = _read_sample(place / name, split, fingerprint)
+                if sample:
+                    cache_path = place / name
+                    break
+    if sample is None:
+        rng = random.Random(seed)
+        train = sample_per_class(split.train, shots, rng)
+        val = [] if split.val is split.test else sample_per_class(split.val, min(shots, 4), rng)
+        sample = train, val
+        if cache:
+            payload = {"train": _rows(train, split.image_root), "val": _rows(val, split.image_root), "test": [],
+                       "pini": {"fingerprint": fingerprint, "split_fingerprint": split.fingerprint,
+                                "split_source": split.source, "sampler_version": SAMPLER_VERSION,
+                                "classnames": split.classnames, "shots": shots, "seed": seed}}
+            written = _write_cache(f"split_fewshot/{name}", _cache_places(split.folder, cache_dir), payload)
+            cache_path = written
+    train, val = sample
+    sizes = Counter(item.label for item in split.train)
+    short = {split.classnames[label]: n for label, n in sorted(sizes.items()) if n < shots}
+    return FewShot(train, val, shots, seed, short, fingerprint, split.source, split.fingerprint,
+                   str(split.image_root), SAMPLER_VERSION, str(cache_path) if cache_path else None)
+
+
+def _rows(items, root: Path) -> list:
+    return [[_relative(item.path, root), item.label, item.classname] for item in items]
+
+
+def _read_sample(path: Path, split: Split, fingerprint: str):
+    """(train, val) from a few-shot cache, or None (with a warning) when it cannot be trusted."""
+    try:
+        raw = _read_json(path)
+    except DatasetError as error:
+        warnings.warn(f"{error}: drawing the few-shot sample again")
+        return None
+    meta = raw.get("pini") if isinstance(raw, dict) else None
+    if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint or _split_problem(raw, ("train", "val")):
+        warnings.warn(f"{path} was drawn from another split, class list or sampler version: drawing the "
+                      "few-shot sample again")
+        return None
+    chosen = _items_by_relative(split, raw["train"], split.train), _items_by_relative(split, raw["val"], split.val)
+    if None in chosen:
+        warnings.warn(f"{path} names images that are not in the current split's train/val sets: drawing the "
+                      "few-shot sample again")
+        return None
+    return chosen
+
+
+def _items_by_relative(split: Split, rows, pool) -> Optional[list]:
+    """The split's items for rows [relative path, label, ...] (or bare paths); None if one is not in `pool`."""
+    by_path = {_relative(item.path, split.image_root): item for item in pool}
+    items = []
+    for row in rows:
+        rel, label = (row[0], row[1]) if isinstance(row, list) else (row, None)
+        item = by_path.get(rel)
+        if item is None or (label is not None and item.label != label):
+            return None
+        items.append(item)
+    return items
+
+
+def few_shot_from_record(split: Split, record: dict) -> FewShot:
+    """The exact sample a result.json recorded (FewShot.record()), checked against `split`."""
+    try:
+        if record["split_fingerprint"] != split.fingerprint:
+            raise DatasetError(f"the recorded few-shot sample was drawn from another split of {split.info.name} "
+                               f"(fingerprint {record['split_fingerprint']}, now {split.fingerprint})")
+        train = _items_by_relative(split, record["train"], split.train)
+        val = _items_by_relative(split, record["val"], split.val)
+        if train is None or val is None:
+            raise DatasetError(f"the recorded few-shot sample names images not in {split.info.name}'s train/val")
+        return FewShot(train, val, record["shots"], record["seed"], dict(record["short_classes"]),
+                       record["fingerprint"], record["split_source"], split.fingerprint, str(split.image_root),
+                       record["sampler_version"])
+    except (KeyError, TypeError) as error:
+        raise DatasetError(f"not a few-shot record (FewShot.record()): {error!r} missing or malformed") from None
 
 
 def sample_per_class(items, k: int, rng: random.Random) -> list:
+    """Dassl's generate_fewshot_dataset (repeat=False, its default since Oct 2021) for one list."""
     chosen = []
     for group in _by_label(items):
-        chosen += rng.sample(group, k) if len(group) > k else group
+        chosen += rng.sample(group, k) if len(group) >= k else group
     return chosen
 
 
 def _by_label(items) -> list:
-    """Items grouped by label: a list of (new) lists, in label order."""
-    by_label = defaultdict(list)
+    """Items grouped by label, labels in order of first appearance (Dassl's split_dataset_by_label)."""
+    by_label = {}
     for item in items:
-        by_label[item.label].append(item)
-    return [by_label[label] for label in sorted(by_label)]
+        by_label.setdefault(item.label, []).append(item)
+    return list(by_label.values())
 
+
+# -----------------------------------------------------------------------------------------
+# Checking images up front
+# -----------------------------------------------------------------------------------------
 
 def check_files(items, name: str = "dataset"):
     """Fail early, with the count and the first paths, when images the split names are absent."""
@@ -446,15 +920,98 @@ def check_files(items, name: str = "dataset"):
                            f"e.g.\n{listing}\nIs the data root right, and is the dataset fully extracted?")
 
 
+def load_image(path: str):
+    """The one way images are read, by training, evaluation and verify_images alike."""
+    return default_loader(path)
+
+
+def _image_problem(path: str) -> Optional[str]:
+    """None when the image decodes fully (a truncated JPEG passes PIL's verify() but not this)."""
+    try:
+        load_image(path)
+        return None
+    except Exception as error:  # PIL raises many types
+        return f"{type(error).__name__}: {error}"
+
+
+def verify_images(items, name: str = "dataset", cache_path=None, workers: Optional[int] = None,
+                  progress: bool = True) -> int:
+    """Open and fully decode every image a run will read, before any training: a bad test image
+    is otherwise found only after the last epoch. Runs in threads (Pillow decodes without the GIL),
+    with a progress bar; images that decoded once are remembered by (path, size, mtime) in a JSON
+    file (`cache_path`, default <user cache>/verified_images.json), so the next run is instant.
+    Returns the number of images decoded now; raises one DatasetError listing the bad ones.
+    """
+    cache_path = Path(cache_path) if cache_path else user_cache_dir() / "verified_images.json"
+    known = _read_verified(cache_path)
+    paths = list(dict.fromkeys(item.path for item in items))
+    bad, todo = [], []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError as error:
+            bad.append((path, "missing" if isinstance(error, FileNotFoundError) else error.strerror))
+            continue
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        if known.get(path) != stamp:
+            todo.append((path, stamp))
+    good = {}
+    if todo:
+        workers = workers or min(8, 2 * (os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool, \
+                tqdm(total=len(todo), desc=f"checking {name} images", unit="img", disable=not progress) as bar:
+            for (path, stamp), problem in zip(todo, pool.map(_image_problem, [p for p, _ in todo])):
+                bar.update()
+                if problem:
+                    bad.append((path, problem))
+                else:
+                    good[path] = stamp
+    if good:
+        merged = _read_verified(cache_path)  # another run may have added entries meanwhile
+        merged.update(good)
+        _write_cache(cache_path.name, [cache_path.parent], merged)
+    if bad:
+        listing = "\n".join(f"    {path}: {why}" for path, why in bad[:5])
+        raise DatasetError(f"{name}: {len(bad)} of {len(paths)} images cannot be read, e.g.\n{listing}\n"
+                           "Replace or re-extract them (is the dataset fully downloaded?)")
+    return len(todo)
+
+
+def _read_verified(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text())
+        return raw if isinstance(raw, dict) else {}
+    except (OSError, ValueError):
+        return {}  # no cache yet, or a broken one: check everything again
+
+
 # -----------------------------------------------------------------------------------------
 # Loading images
 # -----------------------------------------------------------------------------------------
 
+def sample_seed(epoch_seed: int, index: int) -> int:
+    """A 64-bit seed for one sample in one epoch, well mixed (no overlap between nearby seeds)."""
+    return int.from_bytes(hashlib.blake2b(f"{epoch_seed}:{index}".encode(), digest_size=8).digest(), "little")
+
+
 class ImageDataset(torch.utils.data.Dataset):
-    """(image tensor, label) for a list of Items; an unreadable image raises with its path."""
+    """(image tensor, label) for a list of Items; an unreadable image raises with its path.
+
+    set_epoch(seed) makes each sample's augmentation a function of (seed, index) only: the
+    transform runs under torch's CPU random generator forked and seeded from them, so the same
+    seed gives the same crops whichever worker process loads the sample (or the main process,
+    whose random state is left untouched). Transforms must draw from torch's generator, as every
+    torchvision transform does. Call it before iterating a DataLoader (workers get a copy of the
+    dataset when an iteration starts, so not with persistent_workers=True).
+    """
 
     def __init__(self, items, transform: Callable):
         self.items, self.transform = list(items), transform
+        self.epoch_seed = None
+
+    def set_epoch(self, seed: Optional[int]):
+        """Seed this epoch's augmentation (None: draw from the global generator, as before)."""
+        self.epoch_seed = seed
 
     def __len__(self):
         return len(self.items)
@@ -462,7 +1019,11 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         item = self.items[index]
         try:
-            image = default_loader(item.path)
+            image = load_image(item.path)
         except Exception as error:  # PIL raises many types: say which file it was
             raise DatasetError(f"cannot read image {item.path}: {error}") from None
-        return self.transform(image), item.label
+        if self.epoch_seed is None:
+            return self.transform(image), item.label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.epoch_seed, index))
+            return self.transform(image), item.label

@@ -10,6 +10,13 @@ import datasets
 from conftest import JPEG, touch_image, write_json_split
 from datasets import DatasetError
 
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path, monkeypatch):
+    """Caches that fall back to the user cache folder land in the test's own folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user_cache"))
+    return tmp_path / "user_cache" / "pini"
+
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 if not FIXTURES.is_dir():  # the checkout may sit elsewhere; tests/fixtures holds a copy
     FIXTURES = Path(__file__).parent / "fixtures"
@@ -53,12 +60,16 @@ def test_real_caltech101_split(tmp_path):
     assert split.classnames[:4] == ["face", "leopard", "motorbike", "accordion"]
     assert "airplane" in split.classnames and "Faces_easy" not in split.classnames
     datasets.check_files(split.train + split.val + split.test)  # every path the split names exists
-    train, val = datasets.few_shot(split, 16, seed=1)
+    sample = datasets.few_shot(split, 16, seed=1)
+    train, val = sample.train, sample.val
     counts = torch.bincount(torch.tensor([item.label for item in train]), minlength=100)
     # 16 per class, except classes with fewer training images, which come whole
     full = torch.bincount(torch.tensor([item.label for item in split.train]), minlength=100)
     assert torch.equal(counts, full.clamp(max=16))
     assert len(val) == sum(min(4, n) for n in torch.bincount(torch.tensor([i.label for i in split.val])).tolist())
+    assert sample.short_classes == {split.classnames[c]: int(n) for c, n in enumerate(full) if n < 16}
+    assert int(full.min()) == 16 and sample.short_classes == {}  # 3 classes have exactly 16: sampled, not short
+    assert split.source == "coop"
 
 
 def test_caltech101_without_split_file_is_split_deterministically(tmp_path):
@@ -66,14 +77,14 @@ def test_caltech101_without_split_file_is_split_deterministically(tmp_path):
     for cls in ["Faces", "Faces_easy", "BACKGROUND_Google", "accordion", "airplanes"]:
         for i in range(10):
             touch_image(image_dir / cls / f"image_{i:04d}.jpg")
-    with pytest.warns(UserWarning, match="created a split"):
+    with pytest.warns(UserWarning, match="generated a split.*NOT CoOp's split"):
         split = datasets.load_dataset("caltech101", tmp_path)
     assert split.classnames == ["face", "accordion", "airplane"]  # ignored folders gone, CoOp names
     assert (len(split.train), len(split.val), len(split.test)) == (15, 6, 9)  # 5/2/3 per class
     parts = [{item.path for item in part} for part in (split.train, split.val, split.test)]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
-    written = tmp_path / "caltech-101" / "split_zhou_Caltech101.json"
-    assert written.is_file()
+    assert split.source == "generated" and split.split_path.name == "split_pini_generated.json"
+    assert not (tmp_path / "caltech-101" / "split_zhou_Caltech101.json").exists()  # never CoOp's name
     again = datasets.make_split(image_dir, renames=datasets.CALTECH_NAMES, ignored=datasets.DATASETS["caltech101"].ignored)
     assert [i.path for i in again[0]] == [i.path for i in split.train]
     assert datasets.load_dataset("caltech101", tmp_path).train == split.train  # the written file is read back
@@ -148,18 +159,21 @@ def small_split(tmp_path):
 
 
 def test_few_shot_sampling_is_deterministic_and_cached(small_split, monkeypatch):
-    train, val = datasets.few_shot(small_split, 4, seed=1)
+    sample = datasets.few_shot(small_split, 4, seed=1)
+    train, val = sample.train, sample.val
     assert [item.label for item in train] == [0] * 4 + [1] * 4
     assert len(val) == 8  # min(k, 4) per class
     cache = small_split.folder / "split_fewshot" / "shot_4-seed_1.json"
     assert json.loads(cache.read_text())["train"][0][0].startswith("banded/")  # readable, relative paths
-    other, _ = datasets.few_shot(small_split, 4, seed=2)
+    assert sample.cache_path == str(cache)
+    other = datasets.few_shot(small_split, 4, seed=2).train
     assert {i.path for i in other} != {i.path for i in train}
-    assert datasets.few_shot(small_split, 4, seed=1, cache=False)[0] == train  # same seed, same files
-    all_of_them, _ = datasets.few_shot(small_split, 50, seed=1, cache=False)
-    assert len(all_of_them) == 20  # fewer than k: the whole class
+    assert datasets.few_shot(small_split, 4, seed=1, cache=False).train == train  # same seed, same files
+    all_of_them = datasets.few_shot(small_split, 50, seed=1, cache=False)
+    assert len(all_of_them.train) == 20  # fewer than k: the whole class, reported
+    assert all_of_them.short_classes == {"banded": 10, "dotted": 10}
     monkeypatch.setattr(datasets, "sample_per_class", lambda *a: pytest.fail("cache not used"))
-    assert datasets.few_shot(small_split, 4, seed=1)[0] == train
+    assert datasets.few_shot(small_split, 4, seed=1).train == train
 
 
 @pytest.mark.parametrize("shots", [0, -2, 1.5, "4", True])
@@ -213,8 +227,8 @@ def test_custom_folder_per_class(tmp_path):
     assert split.info.template == "a photo of a"
     assert (len(split.train), len(split.val), len(split.test)) == (10, 4, 6)
     assert (root / "split_pini.json").is_file()
-    train, _ = datasets.few_shot(split, 2, seed=1)
-    assert len(train) == 4
+    assert len(datasets.few_shot(split, 2, seed=1).train) == 4
+    assert split.source == "custom"
 
 
 def test_custom_folder_with_train_and_test(tmp_path):
