@@ -395,39 +395,40 @@ def _read_or_make_split(folder: Path, info: DatasetInfo):
 
 def _generated_split(folder: Path, image_root: Path, info: DatasetInfo, made_from: str, make: Callable):
     """A split this module generates, cached with the fingerprint of what it was made from."""
-    cached = _cached_split(folder, image_root, made_from)
+    cached, stale = _cached_split(folder, image_root, made_from, GENERATED_SPLIT_FILE)
     if cached:
         return cached[0], "generated", cached[1]
     train, val, test = make()
     path = _write_cache(GENERATED_SPLIT_FILE, _cache_places(folder),
                         _split_payload(image_root, train, val, test, made_from=made_from))
-    warnings.warn(f"{info.name}: {info.split_file} not found, so PiNI generated a split from the image folders "
-                  f"({'CoOp protocol on ucfTrainTestlist' if info.alias == 'ucf101' else 'seed 1, 50/20/30 per class'})"
-                  f"{f' and cached it in {path}' if path else ''}. It is NOT CoOp's split: numbers are not "
+    how = "CoOp's protocol on ucfTrainTestlist" if info.alias == "ucf101" else "seed 1, 50/20/30 per class"
+    why = f" (the images changed since {stale[0]} was made)" if stale else ""
+    warnings.warn(f"{info.name}: no {info.split_file}, so PiNI generated a split from the image folders{why} "
+                  f"({how}){f' and cached it in {path}' if path else ''}. It is NOT CoOp's split: numbers are not "
                   f"comparable with the paper's. Get CoOp's {info.split_file} ({COOP_DATASETS_DOC}).")
     return (train, val, test), "generated", path
 
 
-def _cached_split(folder: Path, image_root: Path, made_from: str, filename: str = None):
-    """((train, val, test), path) of a cached generated split made from `made_from`, else None."""
-    filename = filename or GENERATED_SPLIT_FILE
+def _cached_split(folder: Path, image_root: Path, made_from: str, filename: str):
+    """(((train, val, test), path) or None, [stale cache paths]): a cached generated split made from
+    `made_from`, if there is one; caches made from anything else are reported, never used."""
+    stale = []
     for place in _cache_places(folder):
         path = place / filename
         if not path.is_file():
             continue
         try:
             raw = _read_json(path)
-        except DatasetError as error:
-            warnings.warn(f"{error}: generating the split again")
+        except DatasetError:
+            stale.append(path)
             continue
         meta = raw.get("pini", {}) if isinstance(raw, dict) else {}
         if not isinstance(meta, dict) or meta.get("made_from") != made_from or _split_problem(raw, PARTS):
-            warnings.warn(f"{path} was made from other image folders or by another PiNI version: "
-                          "generating the split again")
+            stale.append(path)
             continue
-        return tuple([Item(str(image_root / p), label, name) for p, label, name in raw[part]]
-                     for part in PARTS), path
-    return None
+        return (tuple([Item(str(image_root / p), label, name) for p, label, name in raw[part]]
+                      for part in PARTS), path), stale
+    return None, stale
 
 
 def _split_payload(image_root: Path, train, val, test, **meta) -> dict:
@@ -633,7 +634,7 @@ def _load_custom(folder: Path) -> Split:
     if has_parts and not (folder / "test").is_dir():
         raise DatasetError(f"{folder} has train/ but no test/ folder. Expected layout:\n{info.layout}")
     made_from = _digest(SPLIT_VERSION, _tree_listing(folder))
-    cached = _cached_split(folder, folder, made_from, CUSTOM_SPLIT_FILE)
+    cached, stale = _cached_split(folder, folder, made_from, CUSTOM_SPLIT_FILE)
     if cached:
         (train, val, test), path = cached
         return _new_split(train, val, test, info, folder, "custom", path)
@@ -656,11 +657,10 @@ def _load_custom(folder: Path) -> Split:
             train, val = _split_per_class(train, 0.8, seed=1)
     else:
         train, val, test = make_split(folder)
-    stale = any((place / CUSTOM_SPLIT_FILE).is_file() for place in _cache_places(folder))
     path = _write_cache(CUSTOM_SPLIT_FILE, _cache_places(folder),
                         _split_payload(folder, train, val, test, made_from=made_from))
     if stale:
-        warnings.warn(f"{folder}: the class folders or images changed since {CUSTOM_SPLIT_FILE} was made: "
+        warnings.warn(f"{folder}: the class folders or images changed since {stale[0]} was made: "
                       f"made a new split{f' ({path})' if path else ''}; earlier results used the old one")
     return _new_split(train, val, test, info, folder, "custom", path)
 
