@@ -455,7 +455,7 @@ def make_split(image_dir: Path, p_train: float = 0.5, p_val: float = 0.2, seed: 
         rng.shuffle(paths)
         n_train, n_val = round(len(paths) * p_train), round(len(paths) * p_val)
         if n_train == 0 or n_val == 0 or len(paths) - n_train - n_val == 0:
-            raise DatasetError(f"class folder {image_dir / cls} has {len(paths)} images: at least 3 are needed "
+            raise DatasetError(f"class folder {image_dir / cls} has {len(paths)} images: at least 4 are needed "
                                "to split it into train, val and test")
         name = renames.get(cls, cls)
         train += [Item(p, label, name) for p in paths[:n_train]]
