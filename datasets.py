@@ -944,7 +944,7 @@ def verify_images(items, name: str = "dataset", cache_path=None, workers: Option
     """
     cache_path = Path(cache_path) if cache_path else user_cache_dir() / "verified_images.json"
     known = _read_verified(cache_path)
-    paths = list(dict.fromkeys(item.path for item in items))
+    paths = list(dict.fromkeys(os.path.abspath(item.path) for item in items))  # keys valid from any cwd
     bad, todo = [], []
     for path in paths:
         try:
