@@ -643,7 +643,7 @@ def _load_custom(folder: Path) -> Split:
         labels = {c: i for i, c in enumerate(classes)}
 
         def read(part):
-            present = _class_folders(folder / part) if any(os.scandir(folder / part)) else []
+            present = _class_folders(folder / part)
             extra = set(present) - set(labels)
             if extra:
                 raise DatasetError(f"{folder / part} has classes that train/ lacks: {sorted(extra)[:5]}")
@@ -828,8 +828,7 @@ def few_shot(split: Split, shots: int, seed: int, cache: bool = True, cache_dir=
                        "pini": {"fingerprint": fingerprint, "split_fingerprint": split.fingerprint,
                                 "split_source": split.source, "sampler_version": SAMPLER_VERSION,
                                 "classnames": split.classnames, "shots": shots, "seed": seed}}
-            written = _write_cache(f"split_fewshot/{name}", _cache_places(split.folder, cache_dir), payload)
-            cache_path = written
+            cache_path = _write_cache(f"split_fewshot/{name}", _cache_places(split.folder, cache_dir), payload)
     train, val = sample
     sizes = Counter(item.label for item in split.train)
     short = {split.classnames[label]: n for label, n in sorted(sizes.items()) if n < shots}
