@@ -2,7 +2,6 @@
 augmentation is the same whatever the number of DataLoader workers; UCF101 follows CoOp's protocol."""
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,6 @@
 """Few-shot samples are CoOp's own, and no cache (few-shot sample, generated split) can go stale."""
 import json
 import random
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
