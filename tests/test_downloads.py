@@ -150,10 +150,10 @@ def server():
         def respond(self, body):
             name = self.path.lstrip("/")
             if name in redirects:
+                log.append((self.command, name, None, 0))  # logged first: the client may be done before we are
                 self.send_response(302)
                 self.send_header("Location", redirects[name])
                 self.end_headers()
-                log.append((self.command, name, None, 0))
                 return
             if name not in files:
                 self.send_error(404)
@@ -165,14 +165,14 @@ def server():
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             else:
                 self.send_response(200)
+            log.append((self.command, name, asked, len(data) - start if body else 0))
             self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
             if body:
                 self.wfile.write(data[start:])
-            log.append((self.command, name, asked, len(data) - start if body else 0))
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield SimpleNamespace(url=f"http://127.0.0.1:{httpd.server_port}", files=files, log=log, redirects=redirects,
                           handler=Handler)
     httpd.shutdown()
