@@ -145,8 +145,7 @@ def safe_extract(archive, target_dir) -> Path:
         raise DownloadError(f"cannot extract {archive.name}: {target} already exists; move it away or delete it")
     kind = archive_kind(archive)
     if not kind:
-        raise DownloadError(f"{archive} is not a tar or zip archive (an HTML error page saved by mistake?); "
-                            "delete it and download again")
+        raise DownloadError(f"{archive} is not a tar or zip archive (an HTML error page saved by mistake?)")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
@@ -155,7 +154,7 @@ def safe_extract(archive, target_dir) -> Path:
     except BaseException as error:  # also KeyboardInterrupt: never leave half a dataset behind
         shutil.rmtree(temporary, ignore_errors=True)
         if isinstance(error, (tarfile.TarError, zipfile.BadZipFile, EOFError)):
-            raise DownloadError(f"{archive} is damaged ({error}); delete it and download again") from None
+            raise DownloadError(f"{archive} is damaged ({error})") from None
         raise
     return target
 
@@ -553,7 +552,13 @@ def _install(part: Part, downloaded: Path, folder: Path, staging: Path):
         return
     shutil.rmtree(staging, ignore_errors=True)  # ours, left by an interrupted run
     try:
-        unpacked = safe_extract(downloaded, staging / "archive")
+        try:
+            unpacked = safe_extract(downloaded, staging / "archive")
+        except DownloadError as error:
+            if part.source.md5 or part.source.sha256:  # verified, yet unusable: leave it for a person to look at
+                raise DownloadError(f"{error}; delete it and run the same command again") from None
+            downloaded.unlink()  # unverifiable (a Drive file): most likely an error page, so fetch it anew next time
+            raise DownloadError(f"{error}; it was deleted: run the same command again to fetch it anew") from None
         if part.nested:
             unpacked = safe_extract(unpacked / part.nested, staging / "nested")
         inner = unpacked / part.inner

@@ -15,6 +15,7 @@ import pytest
 
 import datasets
 import downloads
+import train
 from conftest import JPEG
 from downloads import DownloadError
 
@@ -388,3 +389,23 @@ def test_every_dataset_has_a_recipe():
             assert source.origin, f"{alias}: say where {source.filename}'s address was read"
             if part.check is downloads.check_split:
                 assert source.filename == datasets.DATASETS[alias].split_file
+
+
+def test_a_drive_error_page_is_deleted_not_kept(server, tmp_path, capsys):
+    """Drive answers quota problems with an HTML page: without a checksum to catch it, it must not stick."""
+    server.files["UCF-101-midframes.zip"] = b"<html>Too many users have viewed or downloaded this file</html>"
+    root = tmp_path / "data"
+    assert downloads.main(["ucf101", "--data-root", str(root), "--yes", "--mirror", server.url]) == 2
+    assert "not a tar or zip archive" in capsys.readouterr().err
+    assert not (root / ".downloads" / "UCF-101-midframes.zip").exists() and not (root / "ucf101").exists()
+
+
+def test_one_epoch_on_the_downloaded_data(server, tmp_path, monkeypatch, config_dir):
+    files = caltech_files()
+    server.files.update(files)
+    pin_checksums(monkeypatch, "caltech101", files)
+    root = tmp_path / "data"
+    downloads.download(["caltech101"], root, mirror=server.url)
+    assert train.main(["--data-root", str(root), "--model", str(config_dir / "tiny-vit.json"), "--pretrained", "none",
+                       "--output-dir", str(tmp_path / "runs"), "--workers", "0", "--batch-size", "4", "--epochs", "1",
+                       "--test-batch-size", "6", "--device", "cpu", "--dataset", "caltech101", "--shots", "2"]) == 0
