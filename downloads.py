@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -57,7 +58,7 @@ def _check_member_name(name: str, archive: Path):
     quietly rewrite it: an archive that tries this is not one we want any part of.
     """
     parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
         raise DownloadError(f"{archive.name}: refused, member {name!r} has an absolute path")
     if ".." in parts:
         raise DownloadError(f"{archive.name}: refused, member {name!r} climbs out of the target with '..'")
@@ -82,7 +83,7 @@ def _check_tar_member(member: tarfile.TarInfo, archive: Path, links: set):
         raise DownloadError(f"{archive.name}: refused, member {member.name!r} is a device or pipe")
     if member.issym() or member.islnk():
         link = member.linkname.replace("\\", "/")
-        if link.startswith("/") or (len(link) > 1 and link[1] == ":"):
+        if link.startswith("/") or re.match(r"[A-Za-z]:", link):
             raise DownloadError(f"{archive.name}: refused, link {member.name!r} points to the absolute "
                                 f"path {member.linkname!r}")
         # symlinks are relative to their own folder, hard links to the archive's root
@@ -450,9 +451,13 @@ def http_download(url: str, path: Path, mirror: Optional[str] = None) -> Path:
         total = have + int(length) if length and length.isdigit() else None
         with open(part, "ab" if have else "wb") as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                                            unit_divisor=1024, desc=path.name, leave=False) as bar:
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                bar.update(len(chunk))
+            try:
+                while chunk := response.read(CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as error:  # reset, timeout, truncated chunk
+                raise DownloadError(f"{path.name}: the connection broke ({type(error).__name__}) after "
+                                    f"{out.tell():,} bytes; run the same command again to resume") from None
     got = part.stat().st_size
     if total is not None and got != total:
         raise DownloadError(f"{path.name}: the connection ended after {got:,} of {total:,} bytes; run the same "
