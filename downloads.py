@@ -12,6 +12,14 @@ Everything a download brings in is treated as untrusted input:
   - a known checksum is verified before anything is unpacked;
   - split files are parsed as JSON and checked against CoOp's schema, never evaluated.
 
+    download(names, data_root, yes, mirror) -> dataset folders now complete
+    command_for(alias, data_root)           -> the command line that fetches one dataset
+    safe_extract(archive, target_dir)       -> unpack an untrusted tar/zip, or refuse it
+    main(argv)                              -> the command line; 0, or 2 with a one-line error
+
+Where no automatic source exists (ImageNet's images need a login; Stanford Cars' official
+download is gone), everything else is fetched and the steps left to a person are printed.
+Each source's `origin` names the file its URL and checksum were read from.
 This module knows no model.
 """
 
