@@ -44,6 +44,9 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import socket
+from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -87,10 +90,16 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
     """
     name = _resolve_model_name(model)
     weights = _resolve_pretrained(name, pretrained)
+    if weights is not None and not os.path.isfile(weights):
+        _check_weights_reachable(name, weights)
     try:
         clip, _, eval_transform = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
-    except RuntimeError as error:
-        if "download" not in str(error).lower():
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as error:
+        if weights is not None and os.path.isfile(weights):  # a local file that is not CLIP weights for `name`
+            reason = (str(error).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"--pretrained {weights}: not {name} weights that open_clip can load "
+                             f"({type(error).__name__}: {reason})") from None
+        if not isinstance(error, RuntimeError) or "download" not in str(error).lower():
             raise
         raise WeightsUnavailable(
             f"could not download the {pretrained!r} weights of {name} (no internet here?). Download them "
@@ -139,6 +148,43 @@ def _resolve_pretrained(name: str, pretrained: Optional[str]) -> Optional[str]:
         f"unknown pretrained weights {pretrained!r} for {name}: give a local checkpoint file, "
         f"'none' for random weights, or one of the open_clip tags {tags or '(none for this model)'}"
     )
+
+
+WEIGHTS_TIMEOUT = 5.0  # seconds to wait for a connection before saying there is no network
+
+
+def _check_weights_reachable(name: str, tag: str):
+    """Fail within seconds, not minutes, when a tag's weights are neither cached nor reachable.
+
+    open_clip fetches a tag from the Hugging Face Hub (or a URL) and, offline, retries for
+    close to a minute before it gives up. So look in the local caches first, and otherwise
+    open one connection to the host with a short timeout."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    if hub:
+        from huggingface_hub import constants, try_to_load_from_cache
+        repo = hub.rstrip("/").split("/")
+        repo_id, filenames = "/".join(repo[:2]), [repo[2]] if len(repo) > 2 else [
+            "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if any(isinstance(try_to_load_from_cache(repo_id, f, cache_dir=constants.HF_HUB_CACHE), str)
+               for f in filenames):
+            return
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+        offline = constants.HF_HUB_OFFLINE
+    else:
+        if url and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))):
+            return
+        host, offline = urlparse(url).hostname, False
+    try:
+        if offline:
+            raise OSError("HF_HUB_OFFLINE is set")
+        socket.create_connection((host, 443), timeout=WEIGHTS_TIMEOUT).close()
+    except OSError as error:
+        raise WeightsUnavailable(
+            f"the {tag!r} weights of {name} are not in the local cache and {host} cannot be reached "
+            f"({error}). Download them where there is a network (open_clip.create_model_and_transforms("
+            f"{name!r}, pretrained={tag!r}) fills the cache; copy the cache here, or save the checkpoint "
+            "file and pass its path as --pretrained), or use --pretrained none for random weights") from None
 
 
 def train_transform(preprocess_cfg: dict) -> T.Compose:
@@ -418,6 +464,14 @@ class ConditionedTextNoiseInjector(nn.Module):
 # 5. The image noise injectors
 # -----------------------------------------------------------------------------------------
 
+def hidden_size(dim: int, reduction: int) -> int:
+    """The injectors' hidden width h = D / reduction, refused when nothing would be left."""
+    if reduction < 1 or dim // reduction < 1:
+        raise ValueError(f"reduction {reduction} leaves a hidden size of {max(dim // max(reduction, 1), 0)} for "
+                         f"features of size {dim}: use a reduction between 1 and {dim}")
+    return dim // reduction
+
+
 class ImageNoiseInjector(nn.Module):
     """Feature-level image noise: p_θ(ε_v | x, P) = N(μ_v, diag σ_v²) from cross-attention.
 
@@ -436,7 +490,7 @@ class ImageNoiseInjector(nn.Module):
 
     def __init__(self, dim: int, reduction: int = 1, scaled: bool = False):
         super().__init__()
-        hidden = dim // reduction
+        hidden = hidden_size(dim, reduction)
         self.query, self.key, self.value = (nn.Linear(dim, hidden) for _ in range(3))
         self.to_mu, self.to_sigma = nn.Linear(hidden, dim), nn.Linear(hidden, dim)
         self.scale = hidden**-0.5 if scaled else 1.0
@@ -460,7 +514,7 @@ class MLPNoiseInjector(nn.Module):
 
     def __init__(self, dim: int, reduction: int = 1):
         super().__init__()
-        hidden = dim // reduction
+        hidden = hidden_size(dim, reduction)
         self.body = nn.Sequential(nn.Linear(dim, hidden), nn.GELU())
         self.to_mu, self.to_sigma = nn.Linear(hidden, dim), nn.Linear(hidden, dim)
 

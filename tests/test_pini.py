@@ -423,3 +423,43 @@ def test_failed_download_says_what_to_do(monkeypatch):
     with pytest.raises(pini.WeightsUnavailable, match="could not download the 'openai' weights of ViT-B-16.*"
                                                       "--pretrained none"):
         pini.load_clip("ViT-B/16", "openai")
+
+
+# --- weights that cannot be had: answered fast and in one line ------------------------------
+
+def test_offline_tag_is_refused_within_seconds(monkeypatch, tmp_path):
+    import time
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    timeouts = []
+
+    def no_network(address, timeout=None):
+        timeouts.append(timeout)
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(pini.socket, "create_connection", no_network)
+    monkeypatch.setattr(pini.open_clip, "create_model_and_transforms",
+                        lambda *a, **k: pytest.fail("must not try to download"))
+    started = time.time()
+    with pytest.raises(pini.WeightsUnavailable, match="cannot be reached"):
+        pini.load_clip("ViT-B-16", "openai")
+    assert time.time() - started < 10 and timeouts and timeouts[0] <= 10
+
+
+@pytest.mark.parametrize("content", ["not a checkpoint", "pini"])
+def test_a_file_that_is_not_clip_weights_is_refused_in_one_line(config_dir, tmp_path, content):
+    path = tmp_path / "weights.pt"
+    if content == "pini":  # a PiNI checkpoint given where CLIP weights belong
+        torch.save({"injectors": {"text_injector.mu": torch.zeros(3)}, "meta": {"settings": {}}}, path)
+    else:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=f"--pretrained {path}: not tiny-vit weights") as error:
+        pini.load_clip(str(config_dir / "tiny-vit.json"), str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_a_reduction_that_leaves_no_hidden_units_is_refused():
+    with pytest.raises(ValueError, match="reduction 25 leaves a hidden size of 0 for features of size 24"):
+        pini.ImageNoiseInjector(24, reduction=25)
+    assert pini.hidden_size(24, 24) == 1
