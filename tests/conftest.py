@@ -29,6 +29,16 @@ TINY_CONFIGS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_user_cache(tmp_path_factory):
+    """Caches that fall back to the user's cache folder (few-shot samples, verified images) go to a
+    temporary one: the tests never read or write ~/.cache."""
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user_cache")))
+    yield
+    patcher.undo()
+
+
 def write_config(folder, name):
     path = folder / f"{name}.json"
     path.write_text(json.dumps(TINY_CONFIGS[name]))

@@ -1,0 +1,195 @@
+"""Tables and plots, computed from result records alone (no model, no images).
+
+    summary_rows(records)              -> the accuracy table: dataset × shots, mean ± std over seeds
+    write_summary(records, out)        -> summary.md, summary.csv, accuracy_vs_shots.png
+    write_ablation(rows, folder, title)-> ablation.md, ablation.csv, ablation.png
+    plot_noise(panels, path)           -> what the injectors learned (noise.png)
+    plot_noise_maps(images, mu, sigma, kind, path) -> image, μ map, σ map (noise_maps.png)
+
+A record is a dict as `train.py` writes it to result.json / eval.json: at least "dataset",
+"shots" (0 for zero-shot CLIP), "seed", "accuracy" and "settings". Every table counts a
+(dataset, variant, shots, seed) once, however many files hold it.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # write files, never open windows
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def mean_std(values) -> tuple:
+    """(mean, sample standard deviation), the std taken as 0 for a single value."""
+    values = list(values)
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(values) -> str:
+    if not values:
+        return ""
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def unique_runs(records) -> list:
+    """One record per (dataset, variant, shots, seed): a training result wins over an evaluation
+    of the same run, and the first found wins otherwise."""
+    chosen = {}
+    for record in sorted(records, key=lambda r: r.get("kind") == "eval"):
+        key = (record["dataset"], record.get("variant", ""), record["shots"], record["seed"])
+        chosen.setdefault(key, record)
+    return list(chosen.values())
+
+
+def summary_cells(records, order=()) -> dict:
+    """{row label: {column: [accuracies over seeds]}}; columns are shots, "zero-shot" for 0.
+    A dataset with runs of more than one variant gets one row per variant."""
+    runs = unique_runs(records)
+    variants = {}
+    for r in runs:
+        if r["shots"]:
+            variants.setdefault(r["dataset"], set()).add(r.get("variant", ""))
+    cells = {}
+    for r in runs:
+        several = len(variants.get(r["dataset"], ())) > 1
+        label = f"{r['dataset']} ({r.get('variant', '')})" if several and r["shots"] else r["dataset"]
+        column = "zero-shot" if r["shots"] == 0 else r["shots"]
+        cells.setdefault(label, {}).setdefault(column, []).append(r["accuracy"])
+    rank = {name: i for i, name in enumerate(order)}
+    return dict(sorted(cells.items(), key=lambda kv: (rank.get(kv[0].split(" (")[0], len(rank)), kv[0])))
+
+
+def write_summary(records, out: Path, order=()) -> str:
+    """Mean ± std over seeds per dataset × shots (markdown + CSV), and accuracy vs. shots (PNG)."""
+    cells = summary_cells(records, order)
+    columns = sorted({c for row in cells.values() for c in row}, key=lambda c: -1 if c == "zero-shot" else c)
+    header = ["dataset"] + [c if c == "zero-shot" else f"{c}-shot" for c in columns]
+    rows = [[name] + [fmt(row.get(c, [])) for c in columns] for name, row in cells.items()]
+    means = [[mean_std(row[c])[0] for row in cells.values() if c in row] for c in columns]
+    rows.append([f"average ({len(cells)} datasets)"] + [f"{statistics.mean(m):.2f}" if m else "" for m in means])
+    table = _markdown(header, rows)
+    (out / "summary.md").write_text("Top-1 test accuracy (%), mean ± std over seeds.\n\n" + table + "\n")
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "shots", "mean", "std", "n_seeds"])
+        for name, row in cells.items():
+            for c in columns:
+                if row.get(c):
+                    mean, std = mean_std(row[c])
+                    writer.writerow([name, 0 if c == "zero-shot" else c, f"{mean:.4f}", f"{std:.4f}", len(row[c])])
+    _plot_accuracy_vs_shots(cells, columns, out / "accuracy_vs_shots.png")
+    return table
+
+
+def _markdown(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _plot_accuracy_vs_shots(cells, columns, path: Path):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, row in cells.items():
+        shots = [c for c in columns if c != "zero-shot" and c in row]
+        if shots:
+            ax.plot(shots, [mean_std(row[c])[0] for c in shots], "o-", label=name)
+        if "zero-shot" in row:
+            ax.axhline(mean_std(row["zero-shot"])[0], ls=":", color="gray")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("PiNI few-shot accuracy (dotted: zero-shot CLIP)")
+    if any(not line.get_label().startswith("_") for line in ax.get_lines()):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_ablation(rows, folder: Path, title: str) -> str:
+    """rows: [(variant, [records over seeds])] -> ablation.md, ablation.csv, ablation.png in `folder`.
+    A variant with no records is shown as not applicable (the patch injector on a ResNet tower)."""
+    header = ["variant", "accuracy (%)", "trainable parameters", "training time (s)"]
+    lines = []
+    with open(folder / "ablation.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["variant", "mean", "std", "n_seeds", "trainable_parameters", "train_seconds"])
+        for variant, records in rows:
+            records = unique_runs(records)
+            if not records:
+                lines.append([variant, "n/a (needs a ViT image tower)", "", ""])
+                continue
+            mean, std = mean_std(r["accuracy"] for r in records)
+            params = records[0].get("trainable_parameters", 0)
+            seconds = statistics.mean(r.get("train_seconds", 0.0) for r in records)
+            lines.append([variant, f"{mean:.2f} ± {std:.2f}", f"{params:,}", f"{seconds:.1f}"])
+            writer.writerow([variant, f"{mean:.4f}", f"{std:.4f}", len(records), params, f"{seconds:.2f}"])
+    table = _markdown(header, lines)
+    (folder / "ablation.md").write_text(f"{title}: top-1 test accuracy, mean ± std over seeds.\n\n{table}\n")
+    measured = [(v, [r["accuracy"] for r in unique_runs(records)]) for v, records in rows if records]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(measured) + 1.2))
+    ax.barh([v for v, _ in measured], [mean_std(a)[0] for _, a in measured],
+            xerr=[mean_std(a)[1] for _, a in measured], color="tab:blue")
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(folder / "ablation.png", dpi=100)
+    plt.close(fig)
+    return table
+
+
+# -----------------------------------------------------------------------------------------
+# What the injectors learned
+# -----------------------------------------------------------------------------------------
+
+def plot_noise(panels: dict, path: Path):
+    """panels: {"text": (kind, mu, sigma), "image": (kind, mu, sigma)} as NumPy arrays.
+
+    Text noise on tokens: μ, σ of shape (n, W), shown per noised token position; text noise on
+    features: (C, D), shown per class; image noise: histograms of μ and σ over dimensions."""
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.5), squeeze=False)
+    for ax, (name, (kind, mu, sigma)) in zip(axes[0], panels.items()):
+        if name == "text":
+            ax.bar(range(len(sigma)), sigma.reshape(len(sigma), -1).mean(-1), label="mean σ")
+            ax.plot(abs(mu).reshape(len(mu), -1).mean(-1), "k.-", label="mean |μ|")
+            ax.set_xlabel("noised token position (placeholders, then the template)" if kind == "tokens" else "class")
+            ax.set_ylabel("averaged over the embedding")
+            ax.set_title(f"text noise ({kind})")
+        else:
+            ax.hist(mu.flatten(), bins=50, alpha=0.6, label="μ")
+            ax.hist(sigma.flatten(), bins=50, alpha=0.6, label="σ")
+            ax.set_xlabel("value per noise dimension (a few test images)")
+            ax.set_ylabel("count")
+            ax.set_title(f"image noise ({kind})")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_noise_maps(images, mu_map, sigma_map, kind: str, path: Path):
+    """Image, μ map and σ map side by side, one row per test image (NumPy arrays:
+    images (B, 3, H, W); maps (B, h, w) — per patch for the patch injector, per pixel otherwise)."""
+    fig, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
+    unit = "patch" if kind == "patch" else "pixel"
+    for row, image in enumerate(images):
+        shown = (image - image.min()) / (image.max() - image.min() + 1e-8)
+        axes[row, 0].imshow(shown.transpose(1, 2, 0))
+        axes[row, 0].set_title("test image")
+        for col, (values, title, cmap) in enumerate([(mu_map, "|μ|" if kind == "patch" else "μ", "coolwarm"),
+                                                     (sigma_map, "σ", "magma")], start=1):
+            im = axes[row, col].imshow(values[row], cmap=cmap)
+            fig.colorbar(im, ax=axes[row, col])
+            axes[row, col].set_title(f"{title} per {unit}")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

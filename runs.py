@@ -1,0 +1,124 @@
+"""What a run leaves behind, and how it is recognised: settings, result records, checkpoints.
+
+A run is its settings. Every result record (`result.json`, `eval.json`) and every checkpoint
+stores the full resolved settings of the run that made it — dataset, class names, split and
+few-shot sample fingerprints, model, injectors, objective, schedule — and a finished run is
+reused only when its stored settings equal the ones asked for. Anything else is refused with
+the differing settings named, so an old number is never reported as a new one.
+
+Checkpoints hold only tensors and plain Python values (dicts, lists, str, int, float, bool,
+None) and are read with `torch.load(..., weights_only=True)`: a checkpoint someone sends you
+cannot run code on your machine. Every file is written atomically (a temporary file, then a
+rename), so an interrupt never leaves half a file.
+
+This module knows no model and no data layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+RESULT, EVAL_RESULT, CHECKPOINT = "result.json", "eval.json", "checkpoint.pt"
+
+
+class RunError(Exception):
+    """A run's files or settings do not allow what was asked; the message says what to do."""
+
+
+def plain(value):
+    """`value` as plain JSON types (tuples become lists, paths strings): what a record and a
+    checkpoint may hold, and what two settings are compared as."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def differences(stored: dict, wanted: dict) -> list:
+    """Human-readable differences between two settings dicts, e.g. ["lr: 0.001 → 0.01"]."""
+    stored, wanted = plain(stored or {}), plain(wanted)
+    out = []
+    for key in sorted(set(stored) | set(wanted)):
+        if stored.get(key) != wanted.get(key):
+            before, after = (_short(stored.get(key, "(unset)")), _short(wanted.get(key, "(unset)")))
+            out.append(f"{key}: {before} → {after}")
+    return out
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _atomic_write(path: Path, write):
+    """Call write(temporary path), then rename it over `path` (atomic on one filesystem)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(path: Path, record: dict):
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(plain(record), indent=1)))
+
+
+def read_record(path: Path) -> dict:
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise RunError(f"{path} is not a readable result file ({error}); delete it or rerun with --force") from None
+    if not isinstance(record, dict) or "accuracy" not in record:
+        raise RunError(f"{path} is not a PiNI result file (no accuracy); delete it or rerun with --force")
+    return record
+
+
+def find_records(out: Path) -> list:
+    """Every result and evaluation record under the output folder, in a stable order."""
+    paths = sorted(Path(out).rglob(RESULT)) + sorted(Path(out).rglob(EVAL_RESULT))
+    return [dict(read_record(path), record_path=str(path.relative_to(out))) for path in paths]
+
+
+# -----------------------------------------------------------------------------------------
+# Checkpoints
+# -----------------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, state: dict):
+    """Write a checkpoint of tensors and plain values, atomically; never one holding NaN or ∞."""
+    bad = [name for name, tensor in state["injectors"].items()
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise RunError(f"the injectors became non-finite ({', '.join(bad[:3])}); nothing was saved. "
+                       "Try a smaller --lr, or --precision fp32")
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint safely (weights_only: tensors and plain values, no code), and check
+    that it is one of ours: {"injectors": {name: tensor}, "meta": {"settings": {...}}, ...}."""
+    refused = f"{path}: not a PiNI checkpoint, or not a safe one"
+    if not Path(path).is_file():
+        raise RunError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError,
+            ImportError, KeyError, IndexError, OSError, UnicodeDecodeError) as error:
+        raise RunError(f"{refused} ({type(error).__name__}); only checkpoints written by train.py load") from None
+    injectors = state.get("injectors") if isinstance(state, dict) else None
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not (isinstance(injectors, dict) and all(isinstance(v, torch.Tensor) for v in injectors.values())
+            and isinstance(meta, dict) and isinstance(meta.get("settings"), dict)):
+        raise RunError(f"{refused} (it lacks the injectors or the run settings)")
+    return state
+
+
+def is_finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

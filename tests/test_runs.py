@@ -1,0 +1,238 @@
+"""Runs you can trust: a run is its settings, checkpoints load safely, bad input is caught up front."""
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import datasets
+import runs
+import train
+from conftest import touch_image, write_json_split
+from test_train import CLASSES, COLORS, read_result
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    root = tmp_path / "data"
+    write_json_split(root / "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", CLASSES,
+                     per_class=(6, 2, 3), colors=COLORS)
+    write_json_split(root / "dtd", "images", "split_zhou_DescribableTextures.json", ["banded", "dotted"],
+                     per_class=(6, 2, 2), colors=COLORS[:2])
+    write_json_split(root / "sun397", "SUN397", "split_zhou_SUN397.json", ["abbey", "beach", "canyon"],
+                     per_class=(2, 1, 2), colors=COLORS[:3])  # the same template as Caltech101's
+    return root
+
+
+@pytest.fixture
+def base_args(data_root, config_dir, tmp_path):
+    return ["--data-root", str(data_root), "--model", str(config_dir / "tiny-vit.json"), "--pretrained", "none",
+            "--output-dir", str(tmp_path / "runs"), "--workers", "0", "--batch-size", "4", "--epochs", "2",
+            "--test-batch-size", "5", "--device", "cpu", "--dataset", "caltech101", "--shots", "2"]
+
+
+def run_dir(tmp_path, dataset="caltech101", shots=2, seed=1):
+    return tmp_path / "runs" / dataset / f"shots_{shots}" / f"seed_{seed}"
+
+
+# --- a run is its settings ---------------------------------------------------------------
+
+def test_a_finished_run_with_other_settings_is_never_reported_as_the_new_one(base_args, tmp_path, capsys):
+    assert train.main(base_args) == 0
+    first = read_result(base_args)
+    assert first["settings"]["lr"] == 1e-3 and first["settings"]["classnames"] == CLASSES
+    assert train.main(base_args + ["--lr", "0.01", "--image-noise", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "lr: 0.001 → 0.01" in err and "image_noise" in err and "--force" in err
+    assert read_result(base_args)["accuracy"] == first["accuracy"]  # untouched
+    assert train.main(base_args + ["--lr", "0.01", "--force"]) == 0
+    assert read_result(base_args)["settings"]["lr"] == 0.01
+
+
+def test_resume_refuses_a_changed_setting(base_args, tmp_path, monkeypatch, capsys):
+    original = train.save_checkpoint
+
+    def interrupt(path, model, optimizer, scheduler, scaler, epoch, history, meta):
+        original(path, model, optimizer, scheduler, scaler, epoch, history, meta)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", interrupt)
+    assert train.main(base_args) == 130
+    monkeypatch.setattr(train, "save_checkpoint", original)
+    assert train.main(base_args + ["--resume", "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot --resume" in err and "epochs: 2 → 3" in err
+    assert not (run_dir(tmp_path) / "result.json").exists()
+
+
+def test_eval_only_takes_the_run_from_the_checkpoint_and_keeps_the_training_result(base_args, tmp_path):
+    assert train.main(base_args) == 0
+    trained = (run_dir(tmp_path) / "result.json").read_text()
+    # no --dataset, no --shots: both come from the checkpoint; the record goes to eval.json
+    assert train.main(base_args[:-4] + ["--eval-only", "--checkpoint", str(run_dir(tmp_path) / "checkpoint.pt")]) == 0
+    assert (run_dir(tmp_path) / "result.json").read_text() == trained
+    evaluated = json.loads((run_dir(tmp_path) / "eval.json").read_text())
+    assert evaluated["shots"] == 2 and evaluated["seed"] == 1 and evaluated["dataset"] == "Caltech101"
+    assert evaluated["accuracy"] == json.loads(trained)["accuracy"]
+    rows = list(csv.DictReader(open(tmp_path / "runs/summary.csv")))
+    assert [(r["dataset"], r["n_seeds"]) for r in rows] == [("Caltech101", "1")]  # the same run, counted once
+
+
+def test_eval_only_refuses_other_classes_unless_asked(base_args, tmp_path, capsys):
+    assert train.main(base_args) == 0
+    checkpoint = str(run_dir(tmp_path) / "checkpoint.pt")
+    assert train.main(base_args[:-4] + ["--dataset", "sun397", "--eval-only", "--checkpoint", checkpoint]) == 2
+    assert "--transfer" in capsys.readouterr().err
+    assert train.main(base_args[:-4] + ["--dataset", "sun397", "--eval-only", "--transfer", "--checkpoint",
+                                        checkpoint]) == 0
+    evaluated = json.loads((tmp_path / "runs/sun397/shots_2/seed_1/eval.json").read_text())
+    assert evaluated["trained_on"] == "Caltech101" and evaluated["n_classes"] == 3
+
+
+def test_repeated_seeds_count_once_and_the_summary_keeps_earlier_results(base_args, tmp_path, capsys):
+    assert train.main(base_args + ["--seeds", "1", "1", "--epochs", "1"]) == 0
+    assert "repeats values" in capsys.readouterr().err
+    assert train.main(base_args[:-4] + ["--dataset", "dtd", "--shots", "2", "--epochs", "1"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "runs/summary.csv")))
+    assert [(r["dataset"], r["n_seeds"]) for r in rows] == [("Caltech101", "1"), ("DescribableTextures", "1")]
+
+
+def test_the_record_holds_the_few_shot_sample(base_args, tmp_path):
+    assert train.main(base_args + ["--epochs", "1"]) == 0
+    record = read_result(base_args)
+    sample = datasets.few_shot(datasets.load_dataset("caltech101", base_args[1]), 2, 1)
+    assert record["sample"] == json.loads(json.dumps(sample.record()))
+    assert record["settings"]["sample"] == sample.fingerprint
+    assert record["settings"]["split"]["source"] == "coop"
+
+
+def test_a_class_with_fewer_images_than_shots_is_named_and_recorded(base_args, capsys):
+    assert train.main(base_args[:-1] + ["8", "--epochs", "1"]) == 0
+    assert "fewer training images" in capsys.readouterr().out
+    assert read_result(base_args, shots=8)["short_classes"] == {name: 6 for name in CLASSES}
+
+
+# --- the same seed, the same run ----------------------------------------------------------
+
+def test_the_number_of_workers_does_not_change_the_run(base_args, tmp_path):
+    losses = []
+    for workers in ("0", "2"):
+        out = str(tmp_path / f"w{workers}")
+        assert train.main(base_args + ["--workers", workers, "--output-dir", out]) == 0
+        losses.append([h["loss"] for h in json.loads(open(f"{out}/caltech101/shots_2/seed_1/result.json").read())
+                       ["history"]])
+    assert losses[0] == losses[1]
+
+
+# --- checkpoints are data, never code ------------------------------------------------------
+
+class MakesAFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # unpickling this object would create the file
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("how", ["eval-only", "resume"])
+def test_a_checkpoint_that_would_run_code_is_refused(base_args, tmp_path, capsys, how):
+    marker = tmp_path / "pwned"
+    evil = run_dir(tmp_path) / "checkpoint.pt"
+    evil.parent.mkdir(parents=True)
+    torch.save({"injectors": {}, "meta": MakesAFile(str(marker))}, evil)
+    extra = ["--eval-only", "--checkpoint", str(evil)] if how == "eval-only" else ["--resume"]
+    assert train.main(base_args + extra) == 2
+    err = capsys.readouterr().err
+    assert "not a PiNI checkpoint, or not a safe one" in err and str(evil) in err and "Traceback" not in err
+    assert not marker.exists()
+    # the unsafe path would indeed have run it: the test could fail
+    with open(evil, "rb") as f:
+        torch.load(f, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated"])
+def test_a_broken_checkpoint_gives_one_line(base_args, tmp_path, capsys, content):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(content)
+    assert train.main(base_args + ["--eval-only", "--checkpoint", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "not a PiNI checkpoint" in err and "Traceback" not in err
+
+
+def test_non_finite_injectors_are_never_saved(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(runs.RunError, match="non-finite"):
+        runs.save_checkpoint(path, {"injectors": {"mu": torch.tensor([1.0, float("nan")])}, "meta": {}})
+    assert not path.exists() and os.listdir(tmp_path) == []
+    runs.save_checkpoint(path, {"injectors": {"mu": torch.ones(2)}, "meta": {"settings": {}}})
+    assert runs.load_checkpoint(path)["meta"] == {"settings": {}}
+
+
+def test_checkpoints_hold_only_plain_values(base_args, tmp_path):
+    assert train.main(base_args + ["--epochs", "1"]) == 0
+    state = torch.load(run_dir(tmp_path) / "checkpoint.pt", weights_only=True)  # raises on any custom class
+    assert state["meta"]["settings"] == {k: v for k, v in read_result(base_args)["settings"].items()
+                                         if k not in ("inference", "inference_samples")}
+
+
+# --- every flag is checked before anything runs ---------------------------------------------
+
+@pytest.mark.parametrize("flags, message", [
+    (["--reduction", "0"], "--reduction: must be a positive integer"),
+    (["--reduction", "-2"], "--reduction: must be a positive integer"),
+    (["--kl-weight", "-1"], "--kl-weight: must be a finite number ≥ 0"),
+    (["--warmup-epochs", "5"], "--warmup-epochs 5 is more than --epochs 2"),
+    (["--n-ctx", "-3"], "--n-ctx: must be an integer ≥ 0"),
+    (["--pixel-level", "-1"], "--pixel-level: must be a finite number ≥ 0"),
+    (["--prior-std", "0"], "--prior-std: must be a finite number > 0"),
+    (["--lr", "nan"], "--lr: must be a finite number > 0"),
+    (["--momentum", "1"], "--momentum must be below 1"),
+    (["--workers", "-1"], "--workers: must be an integer ≥ 0"),
+    (["--ce-weight", "0"], "nothing would be trained"),
+])
+def test_bad_flags_are_refused_in_one_line(base_args, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(base_args + flags)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_reduction_larger_than_the_feature_gives_one_line(base_args, capsys):
+    assert train.main(base_args + ["--reduction", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "reduction 1000 leaves a hidden size of 0" in err and "Traceback" not in err
+
+
+def test_all_missing_datasets_are_named_at_once(base_args, capsys):
+    assert train.main(base_args[:-4] + ["--dataset", "oxford_pets", "food101", "caltech101"]) == 2
+    err = capsys.readouterr().err
+    assert "OxfordPets" in err and "Food101" in err
+
+
+def test_a_mistyped_dataset_gets_a_suggestion(base_args, capsys):
+    assert train.main(base_args[:-4] + ["--dataset", "caltech10"]) == 2
+    assert "did you mean 'caltech101'" in capsys.readouterr().err
+
+
+def test_a_broken_test_image_is_found_before_training(base_args, data_root, tmp_path, capsys):
+    split = datasets.load_dataset("caltech101", data_root)
+    touch_image(Path(split.test[0].path), b"\xff\xd8 not really a jpeg")
+    assert train.main(base_args) == 2
+    err = capsys.readouterr().err
+    assert split.test[0].path in err and "Traceback" not in err
+    assert not (run_dir(tmp_path) / "checkpoint.pt").exists()  # no epoch ran
+
+
+def test_a_dataloader_workers_error_is_unwrapped():
+    from torch._utils import ExceptionWrapper
+    try:
+        raise datasets.DatasetError("cannot read image /data/x.jpg: truncated")
+    except datasets.DatasetError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(datasets.DatasetError) as error:
+        wrapped.reraise()
+    assert str(error.value).startswith("Caught DatasetError")
+    assert train.one_line(error.value) == "cannot read image /data/x.jpg: truncated"
