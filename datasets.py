@@ -310,15 +310,18 @@ def _classnames(items, where: str = "dataset") -> list:
 
 
 def _missing_message(info: DatasetInfo, folder: Path, root: Path) -> str:
+    import downloads  # the downloader imports this module: import it where it is needed
     return (f"{info.name} not found: expected the folder {folder}\n"
-            f"(data root {root}: set it with --data-root or $PINI_DATA). Expected layout:\n{info.layout}\n"
-            f"Download the images and the split file as {COOP_DATASETS_DOC} describes ({info.name}).")
+            f"(data root {root}: set it with --data-root or $PINI_DATA). Download it with\n"
+            f"    {downloads.command_for(info.alias, root)}\n"
+            f"(or train.py --download), or lay it out by hand as {COOP_DATASETS_DOC} describes "
+            f"({info.name}). Expected layout:\n{info.layout}")
 
 
 SPLIT_FORMAT = "JSON {'train': [[relative_path, label, classname], ...], 'val': [...], 'test': [...]}"
 
 
-def _split_problem(raw, parts) -> Optional[str]:
+def split_problem(raw, parts) -> Optional[str]:
     """Why `raw` is not a split (None when it is one): the schema of CoOp's split files."""
     if not isinstance(raw, dict):
         return f"it holds a JSON {type(raw).__name__}, not an object"
@@ -349,7 +352,7 @@ def _read_json(path: Path):
 def _read_split_file(path: Path, image_dir: Path, renames: dict, parts=("train", "val", "test")):
     """Items of each part of a split file, refused with one line when it is not a split file."""
     raw = _read_json(path)
-    problem = _split_problem(raw, parts)
+    problem = split_problem(raw, parts)
     if problem:
         raise DatasetError(f"{path} is not a split file: {problem}. Expected {SPLIT_FORMAT}; "
                            f"get CoOp's file as {COOP_DATASETS_DOC} describes, or delete it if PiNI made it")
@@ -423,7 +426,7 @@ def _cached_split(folder: Path, image_root: Path, made_from: str, filename: str)
             stale.append(path)
             continue
         meta = raw.get("pini", {}) if isinstance(raw, dict) else {}
-        if not isinstance(meta, dict) or meta.get("made_from") != made_from or _split_problem(raw, PARTS):
+        if not isinstance(meta, dict) or meta.get("made_from") != made_from or split_problem(raw, PARTS):
             stale.append(path)
             continue
         return (tuple([Item(str(image_root / p), label, name) for p, label, name in raw[part]]
@@ -848,7 +851,7 @@ def _read_sample(path: Path, split: Split, fingerprint: str):
         warnings.warn(f"{error}: drawing the few-shot sample again")
         return None
     meta = raw.get("pini") if isinstance(raw, dict) else None
-    if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint or _split_problem(raw, ("train", "val")):
+    if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint or split_problem(raw, ("train", "val")):
         warnings.warn(f"{path} was drawn from another split, class list or sampler version: drawing the "
                       "few-shot sample again")
         return None
@@ -1026,3 +1029,13 @@ class ImageDataset(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.epoch_seed, index))
             return self.transform(image), item.label
+
+
+if __name__ == "__main__":  # python datasets.py download NAME [NAME ...|all]: see downloads.py
+    import sys
+
+    if sys.argv[1:2] != ["download"]:
+        sys.exit("usage: python datasets.py download NAME [NAME ...|all] [--data-root R] [--yes] [--mirror URL]")
+    import downloads
+
+    sys.exit(downloads.main(sys.argv[2:]))

@@ -1,7 +1,7 @@
 """Datasets that download themselves, into exactly the CoOp layouts that datasets.py reads.
 
-    python downloads.py caltech101 eurosat [--data-root R] [--yes] [--mirror URL]
-    python downloads.py all                      # the 11 benchmark datasets
+    python datasets.py download caltech101 eurosat [--data-root R] [--yes] [--mirror URL]
+    python datasets.py download all                      # the 11 benchmark datasets
 
 Everything a download brings in is treated as untrusted input:
   - archives are unpacked by `safe_extract`, which refuses absolute paths, `..`, links that
@@ -47,7 +47,7 @@ from typing import Callable, Optional
 import datasets  # the layouts; only its attributes are used, inside functions (datasets may import us)
 
 MIRROR_ENV = "PINI_DATA_MIRROR"
-COMMAND = "python downloads.py"  # how command_for spells the download command
+COMMAND = "python datasets.py download"  # how command_for spells the download command
 CHUNK = 1 << 20
 
 
@@ -219,26 +219,15 @@ class Recipe:
 
 
 def check_split(path: Path):
-    """Refuse anything but CoOp's split schema: {"train"|"val"|"test": [[relative path, label, class name]]}.
-
-    The file comes from the network: it is parsed as JSON (never evaluated), and its paths must
-    stay inside the image folder.
-    """
+    """Refuse anything but CoOp's split schema (datasets.split_problem): the file comes from the
+    network, so it is parsed as JSON (never evaluated) and its paths must stay inside the image folder."""
     try:
         raw = json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError) as error:
         raise DownloadError(f"{path.name} is not JSON ({error}): not a split file; delete it and retry") from None
-    if not isinstance(raw, dict) or not all(isinstance(raw.get(part), list) for part in ("train", "val", "test")):
-        raise DownloadError(f"{path.name} is not a split file: expected a JSON object with lists 'train', 'val', 'test'")
-    for part in ("train", "val", "test"):
-        for row in raw[part]:
-            ok = (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[2], str)
-                  and isinstance(row[1], int) and not isinstance(row[1], bool) and row[1] >= 0)
-            if not ok:
-                raise DownloadError(f"{path.name} is not a split file: {part} holds {str(row)[:80]!r}, expected "
-                                    "[relative path, label, class name]")
-            if row[0].startswith(("/", "\\")) or ".." in PurePosixPath(row[0].replace("\\", "/")).parts:
-                raise DownloadError(f"{path.name}: refused, the path {row[0]!r} leaves the image folder")
+    problem = datasets.split_problem(raw, ("train", "val", "test"))
+    if problem:
+        raise DownloadError(f"{path.name} is not a split file: {problem}")
 
 
 def check_classnames(path: Path):
@@ -612,16 +601,14 @@ def manual_steps(alias: str, data_root) -> str:
 
 def resolve(names) -> list:
     """Dataset aliases from what a person typed: aliases, CoOp's names, folder names, or 'all'."""
-    def squash(s):
-        return re.sub(r"[^a-z0-9]", "", s.lower())
-
-    known = {squash(s): alias for alias, info in datasets.DATASETS.items() for s in (alias, info.name, info.folder)}
     aliases = []
     for name in names:
-        found = datasets.BENCHMARK if name == "all" else [known.get(squash(name))]
-        if found == [None]:
-            raise DownloadError(f"unknown dataset {name!r}: choose from {', '.join(datasets.DATASETS)}, "
-                                f"or 'all' (the 11 benchmark datasets)")
+        try:
+            found = datasets.BENCHMARK if name == "all" else [datasets.resolve_name(name)]
+        except datasets.DatasetError as error:
+            raise DownloadError(str(error).split(", or the path of a folder")[0]) from None
+        if found[0] not in datasets.DATASETS:  # a folder of one's own: nothing to download
+            raise DownloadError(f"{name!r} is a folder, not one of the datasets: {', '.join(datasets.DATASETS)}")
         aliases += [alias for alias in found if alias not in aliases]
     return aliases
 

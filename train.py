@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 import datasets
+import downloads
 import pini
 import report
 import runs
@@ -96,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--seeds", "--seed", nargs="+", type=int, default=[1], help="few-shot sample and training seeds")
     data.add_argument("--data-root", default=datasets.default_data_root(),
                       help="folder holding the datasets in CoOp's layout (default: $PINI_DATA or ./data)")
+    data.add_argument("--download", action="store_true",
+                      help="first download the datasets that are missing (see python datasets.py download -h)")
     data.add_argument("--workers", type=count, default=min(8, os.cpu_count() or 1),
                       help="data-loading processes (results do not depend on it)")
 
@@ -286,6 +289,8 @@ def plan(args, checkpoint: Optional[dict]) -> list:
     """The call's jobs, in the order they run. Data problems surface here: all at once."""
     names = args.dataset or ([checkpoint["meta"].get("dataset_arg", "")] if checkpoint else ["caltech101"])
     names = datasets.BENCHMARK if names == ["all"] else names
+    if args.download:
+        fetch_missing(names, args.data_root)
     splits = datasets.load_datasets(names, args.data_root)
     if checkpoint:
         return [eval_job(split, checkpoint, args) for split in splits]
@@ -306,6 +311,14 @@ def plan(args, checkpoint: Optional[dict]) -> list:
                     continue
                 jobs += [Job("train", split, shots, seed, variant, overrides, samples[seed]) for seed in args.seeds]
     return jobs
+
+
+def fetch_missing(names, data_root):
+    """--download: fetch what is missing of the named benchmark datasets (see downloads.py)."""
+    try:
+        downloads.download([n for n in names if datasets.resolve_name(n) in datasets.DATASETS], data_root)
+    except downloads.DownloadError as error:
+        raise UsageError(str(error)) from None
 
 
 def eval_job(split: datasets.Split, checkpoint: dict, args) -> Job:

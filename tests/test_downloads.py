@@ -366,10 +366,10 @@ def test_imagenet_explains_its_manual_steps(tmp_path, monkeypatch):
 
 
 def test_command_for(tmp_path):
-    assert downloads.command_for("caltech101") == "python downloads.py caltech101"
-    assert downloads.command_for("caltech101", datasets.default_data_root()) == "python downloads.py caltech101"
+    assert downloads.command_for("caltech101") == "python datasets.py download caltech101"
+    assert downloads.command_for("caltech101", datasets.default_data_root()) == "python datasets.py download caltech101"
     command = downloads.command_for("eurosat", tmp_path / "my data")
-    assert shlex.split(command) == ["python", "downloads.py", "eurosat", "--data-root", str(tmp_path / "my data")]
+    assert shlex.split(command) == ["python", "datasets.py", "download", "eurosat", "--data-root", str(tmp_path / "my data")]
 
 
 def test_unknown_name_lists_the_valid_ones(capsys):
@@ -400,12 +400,18 @@ def test_a_drive_error_page_is_deleted_not_kept(server, tmp_path, capsys):
     assert not (root / ".downloads" / "UCF-101-midframes.zip").exists() and not (root / "ucf101").exists()
 
 
-def test_one_epoch_on_the_downloaded_data(server, tmp_path, monkeypatch, config_dir):
+def test_train_says_how_to_download_then_downloads_with_the_flag(server, tmp_path, monkeypatch, config_dir, capsys):
     files = caltech_files()
     server.files.update(files)
     pin_checksums(monkeypatch, "caltech101", files)
+    monkeypatch.setenv(downloads.MIRROR_ENV, server.url)
     root = tmp_path / "data"
-    downloads.download(["caltech101"], root, mirror=server.url)
-    assert train.main(["--data-root", str(root), "--model", str(config_dir / "tiny-vit.json"), "--pretrained", "none",
-                       "--output-dir", str(tmp_path / "runs"), "--workers", "0", "--batch-size", "4", "--epochs", "1",
-                       "--test-batch-size", "6", "--device", "cpu", "--dataset", "caltech101", "--shots", "2"]) == 0
+    args = ["--data-root", str(root), "--model", str(config_dir / "tiny-vit.json"), "--pretrained", "none",
+            "--output-dir", str(tmp_path / "runs"), "--workers", "0", "--batch-size", "4", "--epochs", "1",
+            "--test-batch-size", "6", "--device", "cpu", "--dataset", "caltech101", "--shots", "2"]
+    assert train.main(args) == 2
+    assert f"python datasets.py download caltech101 --data-root {root}" in capsys.readouterr().err
+    assert not server.log  # nothing fetched without --download
+    assert train.main(args + ["--download"]) == 0
+    assert (root / "caltech-101" / "split_zhou_Caltech101.json").is_file()
+    assert (tmp_path / "runs/caltech101/shots_2/seed_1/result.json").is_file()
