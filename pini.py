@@ -408,7 +408,28 @@ def gaussian_kl(noise: Gaussian, prior_std: float = 1.0) -> torch.Tensor:
 # 4. The text noise injectors
 # -----------------------------------------------------------------------------------------
 
-class TextNoiseInjector(nn.Module):
+class NoiseInjector(nn.Module):
+    """What every injector declares about itself, so that no code has to test its name.
+
+    needs_images:       it needs the images themselves, not cached image features
+    needs_patch_tokens: it needs a ViT's patch tokens (a ViT image tower)
+    per_class:          its parameters belong to the training classes (it cannot be used
+                        on another class set)
+    mu_part, sigma_part: the parameters (or sub-modules) that produce μ and σ only — what the
+                        controls σ = 0 and μ = 0 keep fixed
+    """
+    needs_images = False
+    needs_patch_tokens = False
+    per_class = False
+    mu_part, sigma_part = "to_mu", "to_sigma"
+
+    def parameters_of(self, part: str) -> list:
+        """The parameters of `self.<part>` (a parameter or a module)."""
+        owner = getattr(self, part)
+        return [owner] if isinstance(owner, nn.Parameter) else list(owner.parameters())
+
+
+class TextNoiseInjector(NoiseInjector):
     """Learned p_θ(ε_t) = N(μ_t, diag σ_t²), free parameters — the authors' text injector.
 
     At the token position (the default) μ_t, σ_t have shape (n_tokens, W): one row per noised
@@ -423,8 +444,11 @@ class TextNoiseInjector(nn.Module):
     value only matters for the KL term, where σ must be positive.
     """
 
-    def __init__(self, *shape: int, init_std: float = 0.02):
+    mu_part, sigma_part = "mu", "sigma"
+
+    def __init__(self, *shape: int, init_std: float = 0.02, per_class: bool = False):
         super().__init__()
+        self.per_class = per_class  # the feature position: one row of μ, σ per training class
         self.mu = nn.Parameter(torch.randn(*shape) * init_std)
         self.sigma = nn.Parameter(torch.randn(*shape) * init_std)
 
@@ -433,7 +457,7 @@ class TextNoiseInjector(nn.Module):
         return Gaussian(self.mu, self.sigma.abs())
 
 
-class ConditionedTextNoiseInjector(nn.Module):
+class ConditionedTextNoiseInjector(NoiseInjector):
     """p_θ(ε_t | c) from a small network conditioned on each class's text feature.
 
     The paper's overview figure draws the text noise as the output of a network rather than free
@@ -472,7 +496,7 @@ def hidden_size(dim: int, reduction: int) -> int:
     return dim // reduction
 
 
-class ImageNoiseInjector(nn.Module):
+class ImageNoiseInjector(NoiseInjector):
     """Feature-level image noise: p_θ(ε_v | x, P) = N(μ_v, diag σ_v²) from cross-attention.
 
     The image embedding asks (query) the class text embeddings (keys, values) which classes it
@@ -495,6 +519,10 @@ class ImageNoiseInjector(nn.Module):
         self.to_mu, self.to_sigma = nn.Linear(hidden, dim), nn.Linear(hidden, dim)
         self.scale = hidden**-0.5 if scaled else 1.0
 
+    @classmethod
+    def build(cls, dim: int, reduction: int, pixel_level: float):
+        return cls(dim, reduction)
+
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor):
         """image_features (B, D) or patch tokens (B, N, D); text_features (K, C, D)
         -> Gaussian (K, B, D) or (K, B, N, D), attention (K, B, C) or (K, B, N, C)."""
@@ -505,8 +533,31 @@ class ImageNoiseInjector(nn.Module):
         attended = torch.einsum("k...c,kch->k...h", attention, v)  # (K, B, [N,] h)
         return Gaussian(self.to_mu(attended), self.to_sigma(attended).abs(), batch_dims=2), attention
 
+    def perturb(self, model: "PiNI", images, image_features, text_features, K: int, use_mean: bool):
+        """The image side of PiNI (every image injector has this method):
+        -> noisy image features (K, B, D) and the noise distribution.
 
-class MLPNoiseInjector(nn.Module):
+        The injector reads the text features *with* their noise, and its gradient flows back
+        into the text injector, as in the authors' code. One image noise per text sample k."""
+        image = model.encode_images(images) if image_features is None else image_features  # (B, D)
+        noise = model.controlled(self(image, text_features.expand(K, -1, -1))[0])  # (K, B, D)
+        return image + noise.sample(1, use_mean)[0], noise
+
+
+class PatchNoiseInjector(ImageNoiseInjector):
+    """The same cross-attention, queried by each patch token: one μ and σ per patch.
+
+    The sampled per-patch noise is averaged into the global image feature — *inferred*: the
+    paper's figure shows per-patch noise maps, not how they are pooled. ViT towers only."""
+    needs_images = needs_patch_tokens = True
+
+    def perturb(self, model, images, image_features, text_features, K: int, use_mean: bool):
+        image, patches = model.encode_images(images, patch_tokens=True)  # (B, D), (B, N, D)
+        noise = model.controlled(self(patches, text_features.expand(K, -1, -1))[0])  # (K, B, N, D)
+        return image + noise.sample(1, use_mean)[0].mean(-2), noise  # pooled over patches: (K, B, D)
+
+
+class MLPNoiseInjector(NoiseInjector):
     """Feature-level image noise from the image feature alone: μ_v, σ_v = MLP(f_v).
 
     The generator the paper compares with cross-attention: it sees the image but not the classes.
@@ -518,13 +569,22 @@ class MLPNoiseInjector(nn.Module):
         self.body = nn.Sequential(nn.Linear(dim, hidden), nn.GELU())
         self.to_mu, self.to_sigma = nn.Linear(hidden, dim), nn.Linear(hidden, dim)
 
+    @classmethod
+    def build(cls, dim: int, reduction: int, pixel_level: float):
+        return cls(dim, reduction)
+
     def forward(self, image_features: torch.Tensor) -> Gaussian:
         """image_features (B, D) -> Gaussian (B, D)."""
         h = self.body(image_features)
         return Gaussian(self.to_mu(h), self.to_sigma(h).abs(), batch_dims=1)
 
+    def perturb(self, model: "PiNI", images, image_features, text_features, K: int, use_mean: bool):
+        image = model.encode_images(images) if image_features is None else image_features  # (B, D)
+        noise = model.controlled(self(image))  # (B, D)
+        return image + noise.sample(K, use_mean), noise  # (K, B, D)
 
-class PixelNoiseInjector(nn.Module):
+
+class PixelNoiseInjector(NoiseInjector):
     """Pixel-level image noise: a small CNN predicts per-pixel μ and σ maps for the input image.
 
     Architecture of the authors' `clip_vpn_cnn_image.py`: conv3×3 (3→64) + BN + ReLU, ResNet
@@ -533,6 +593,8 @@ class PixelNoiseInjector(nn.Module):
     `level` (0.1 in the authors' code): the CNN chooses the *pattern*, `level` fixes the noise
     *strength* relative to the normalised image (which has unit variance per channel).
     """
+
+    needs_images = True
 
     def __init__(self, channels: int = 3, level: float = 0.1):
         super().__init__()
@@ -546,6 +608,10 @@ class PixelNoiseInjector(nn.Module):
         self.to_mu = nn.Conv2d(64, channels, 3, padding=1, bias=False)
         self.to_sigma = nn.Conv2d(64, channels, 3, padding=1, bias=False)
 
+    @classmethod
+    def build(cls, dim: int, reduction: int, pixel_level: float):
+        return cls(level=pixel_level)
+
     def _rescale(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> same, each channel scaled to RMS `level` over its H×W pixels."""
         flat = maps.flatten(2)  # (B, 3, H·W)
@@ -555,6 +621,12 @@ class PixelNoiseInjector(nn.Module):
         """images (B, 3, H, W) -> Gaussian with μ, σ of shape (B, 3, H, W)."""
         h = self.blocks(self.stem(images))  # (B, 64, H, W)
         return Gaussian(self._rescale(self.to_mu(h)), self._rescale(self.to_sigma(h)).abs(), batch_dims=1)
+
+    def perturb(self, model: "PiNI", images, image_features, text_features, K: int, use_mean: bool):
+        noise = model.controlled(self(images))  # (B, 3, H, W)
+        noisy = images + noise.sample(K, use_mean)  # (K, B, 3, H, W)
+        # Gradients must reach the injector through the frozen image tower: no no_grad here.
+        return model.clip.encode_image(noisy.flatten(0, 1)).unflatten(0, (K, -1)), noise  # (K, B, D)
 
 
 def _projection(cin: int, cout: int) -> nn.Sequential:
@@ -574,10 +646,35 @@ class PiNIOutput:
     noise: dict
 
 
-TEXT_NOISE = ("tokens", "feature", None)
+# Every option has one spelling, used by PiNI's arguments and train.py's command line alike.
+# The image injectors by name, the paper's first; each is built by `cls.build(D, reduction, pixel level)`.
+IMAGE_INJECTORS = {"cross-attention": ImageNoiseInjector, "patch": PatchNoiseInjector,
+                   "mlp": MLPNoiseInjector, "pixel": PixelNoiseInjector}
+TEXT_NOISE = ("tokens", "feature", "none")
 TEXT_GENERATORS = ("free", "conditioned")
-IMAGE_NOISE = ("cross-attention", "patch", "mlp", "pixel", None)
-CONTROLS = (None, "no_sigma", "no_mu")
+IMAGE_NOISE = (*IMAGE_INJECTORS, "none")
+CONTROLS = ("none", "no-sigma", "no-mu")
+
+
+def needs_images(image_noise: str) -> bool:
+    """Whether an image injector needs the images (so no cached image features will do)."""
+    return image_noise != "none" and IMAGE_INJECTORS[image_noise].needs_images
+
+
+def fits(clip, image_noise: str) -> bool:
+    """Whether this CLIP can host the image injector (the patch injector needs a ViT)."""
+    return image_noise == "none" or not IMAGE_INJECTORS[image_noise].needs_patch_tokens \
+        or hasattr(clip.visual, "output_tokens")
+
+
+def _check_options(clip, text_noise, image_noise, text_generator, control):
+    for name, value, allowed in [("text_noise", text_noise, TEXT_NOISE), ("image_noise", image_noise, IMAGE_NOISE),
+                                 ("text_generator", text_generator, TEXT_GENERATORS), ("control", control, CONTROLS)]:
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+    if not fits(clip, image_noise):
+        raise ValueError(f"the {image_noise!r} image injector needs a ViT image tower (patch tokens); "
+                         f"this CLIP has a {type(clip.visual).__name__}")
 
 
 class PiNI(nn.Module):
@@ -598,7 +695,7 @@ class PiNI(nn.Module):
         n_ctx: number of placeholder context tokens before the template (16).
         text_noise: where the text noise enters — "tokens" (the prompt's placeholder + template
             embeddings, the paper's PiNI), "feature" (each class's text feature, after the
-            encoder), or None.
+            encoder), or "none".
         text_generator: "free" (learned μ, σ — the authors' code) or "conditioned" (an MLP on
             each class's text feature).
         image_noise: the image injector — "cross-attention" (global image feature queries the
@@ -606,9 +703,10 @@ class PiNI(nn.Module):
             μ/σ, the sampled per-patch noise averaged into the global feature — *inferred*: the
             paper's figure shows per-patch maps, not how they are pooled; ViT towers only),
             "mlp" (from the image feature alone),
-            "pixel" (a CNN's per-pixel μ/σ maps added to the input image), or None.
-        control: None, "no_sigma" (σ fixed at 0: a deterministic learned shift, prompt-tuning-like)
-            or "no_mu" (μ fixed at 0: pure, zero-mean noise of learned scale) — the controls that
+            "pixel" (a CNN's per-pixel μ/σ maps added to the input image), or "none".
+            The names are the keys of IMAGE_INJECTORS.
+        control: "none", "no-sigma" (σ fixed at 0: a deterministic learned shift, prompt-tuning-like)
+            or "no-mu" (μ fixed at 0: pure, zero-mean noise of learned scale) — the controls that
             ask whether it is the noise or only its mean that helps.
         reduction: hidden size of the image injector = D / reduction.
         pixel_level: RMS strength of the pixel noise maps (0.1).
@@ -616,61 +714,66 @@ class PiNI(nn.Module):
         shared_prefix: encode the prompts' common prefix once per step
             (`encode_text_shared_prefix`, exact); False runs every full prompt (slower, same output).
 
-    With text_noise=None and image_noise=None this is zero-shot CLIP on the same prompts.
+    With text_noise="none" and image_noise="none" this is zero-shot CLIP on the same prompts.
     """
 
     def __init__(self, clip, tokenizer, classnames, template: str = "a photo of a", n_ctx: int = 16,
-                 text_noise: Optional[str] = "tokens", image_noise: Optional[str] = "cross-attention",
-                 text_generator: str = "free", control: Optional[str] = None, reduction: int = 1,
-                 pixel_level: float = 0.1, init_std: float = 0.02, shared_prefix: bool = True):
+                 text_noise: str = "tokens", image_noise: str = "cross-attention", text_generator: str = "free",
+                 control: str = "none", reduction: int = 1, pixel_level: float = 0.1, init_std: float = 0.02,
+                 shared_prefix: bool = True):
         super().__init__()
-        for name, value, allowed in [("text_noise", text_noise, TEXT_NOISE), ("image_noise", image_noise, IMAGE_NOISE),
-                                     ("text_generator", text_generator, TEXT_GENERATORS),
-                                     ("control", control, CONTROLS)]:
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
-        if image_noise == "patch" and not hasattr(clip.visual, "output_tokens"):
-            raise ValueError("the patch-query image injector needs a ViT image tower (patch tokens); "
-                             f"this CLIP has a {type(clip.visual).__name__}")
+        _check_options(clip, text_noise, image_noise, text_generator, control)
         self.clip = clip.eval().requires_grad_(False)
         self.classnames = list(classnames)
         self.text_noise, self.image_noise, self.control = text_noise, image_noise, control
+        self._register_prompts(tokenizer, template, n_ctx, shared_prefix)
+        self.text_injector = self._text_injector(text_noise, text_generator, init_std)
+        self.image_injector = (None if image_noise == "none" else IMAGE_INJECTORS[image_noise].build(
+            self.clean_text_features.shape[-1], reduction, pixel_level))
+        self._apply_control(control)
+        self.to(clip.logit_scale.device)
+
+    def _register_prompts(self, tokenizer, template: str, n_ctx: int, shared_prefix: bool):
+        """The tokenised prompts, their frozen embeddings and their noise-free text features."""
         prompts = build_prompts(tokenizer, self.classnames, template, n_ctx)
         self.noise_start, self.noise_end = prompts.noise_start, prompts.noise_end
-        self.shared_prefix = shared_prefix and supports_shared_prefix(clip)
-        device = clip.logit_scale.device
+        self.shared_prefix = shared_prefix and supports_shared_prefix(self.clip)
         # nothing after the last EOT affects any output (causal mask), so it is never stored
-        tokens = prompts.tokens[:, :needed_context(clip, prompts.tokens)]
-        self.register_buffer("prompt_tokens", tokens.to(device), persistent=False)  # (C, L)
+        tokens = prompts.tokens[:, :needed_context(self.clip, prompts.tokens)]
+        self.register_buffer("prompt_tokens", tokens.to(self.clip.logit_scale.device), persistent=False)  # (C, L)
         with torch.no_grad():
-            self.register_buffer("prompt_embeddings", clip.token_embedding(self.prompt_tokens), persistent=False)
+            self.register_buffer("prompt_embeddings", self.clip.token_embedding(self.prompt_tokens), persistent=False)
             # CLIP is frozen and the prompts fixed: the noise-free text features are a constant.
             self.register_buffer("clean_text_features", self.text_features(None)[0], persistent=False)  # (C, D)
 
+    def _text_injector(self, position: str, generator: str, init_std: float):
+        """Free μ, σ over the noised tokens (the paper's) or per class feature; or a network."""
         width, dim = self.prompt_embeddings.shape[-1], self.clean_text_features.shape[-1]
-        text_shape = (prompts.n_noise_tokens, width) if text_noise == "tokens" else (dim,)
-        if text_noise is None:
-            self.text_injector = None
-        elif text_generator == "conditioned":
-            self.text_injector = ConditionedTextNoiseInjector(dim, *text_shape, init_std=init_std)
-        else:  # free parameters: one context noise for all classes, or one feature noise per class
-            shape = text_shape if text_noise == "tokens" else (len(self.classnames), dim)
-            self.text_injector = TextNoiseInjector(*shape, init_std=init_std)
-        self.image_injector = {
-            "cross-attention": lambda: ImageNoiseInjector(dim, reduction),
-            "patch": lambda: ImageNoiseInjector(dim, reduction),
-            "mlp": lambda: MLPNoiseInjector(dim, reduction),
-            "pixel": lambda: PixelNoiseInjector(level=pixel_level),
-            None: lambda: None,
-        }[image_noise]()
-        for injector in (self.text_injector, self.image_injector):
-            if injector is not None:
-                injector.to(device)
-                if control:  # the parameters that only make the fixed part (σ or μ) are not trained
-                    fixed = "sigma" if control == "no_sigma" else "mu"
-                    for name, p in injector.named_parameters():
-                        if fixed in name.split(".")[0]:
-                            p.requires_grad_(False)
+        shape = (self.noise_end - self.noise_start, width) if position == "tokens" else (dim,)
+        if position == "none":
+            return None
+        if generator == "conditioned":
+            return ConditionedTextNoiseInjector(dim, *shape, init_std=init_std)
+        if position == "feature":  # one noise per class text feature
+            return TextNoiseInjector(len(self.classnames), dim, init_std=init_std, per_class=True)
+        return TextNoiseInjector(*shape, init_std=init_std)  # one context noise shared by all classes
+
+    def _apply_control(self, control: str):
+        """σ = 0 or μ = 0: the parameters that only make the fixed part are not trained."""
+        for injector in self.injectors:
+            if control != "none":
+                part = injector.sigma_part if control == "no-sigma" else injector.mu_part
+                for p in injector.parameters_of(part):
+                    p.requires_grad_(False)
+
+    @property
+    def injectors(self) -> list:
+        return [i for i in (self.text_injector, self.image_injector) if i is not None]
+
+    @property
+    def per_class(self) -> bool:
+        """Whether some injector's parameters belong to the training classes (no new classes)."""
+        return any(injector.per_class for injector in self.injectors)
 
     def train(self, mode: bool = True):
         """Switch the injectors' mode only: CLIP stays in eval mode (a ResNet CLIP has
@@ -722,11 +825,11 @@ class PiNI(nn.Module):
         features = encode_text_embeddings(self.clip, embeddings.flatten(0, 1), tokens)
         return features.view(K, C, -1)
 
-    def _controlled(self, noise: Gaussian) -> Gaussian:
+    def controlled(self, noise: Gaussian) -> Gaussian:
         """Apply the control: σ = 0 (a deterministic shift) or μ = 0 (zero-mean noise)."""
-        if self.control == "no_sigma":
+        if self.control == "no-sigma":
             return Gaussian(noise.mu, torch.zeros_like(noise.sigma), noise.batch_dims)
-        if self.control == "no_mu":
+        if self.control == "no-mu":
             return Gaussian(torch.zeros_like(noise.mu), noise.sigma, noise.batch_dims)
         return noise
 
@@ -734,12 +837,20 @@ class PiNI(nn.Module):
 
     def _noisy_text(self, K: int, use_mean: bool):
         """Text features for K noise samples (K or 1, C, D), and the text noise distribution."""
-        if self.text_noise is None:
+        if self.text_injector is None:
             return self.clean_text_features.unsqueeze(0), None
-        noise = self._controlled(self.text_injector(self.clean_text_features))
+        noise = self.controlled(self.text_injector(self.clean_text_features))
         eps = noise.sample(K, use_mean)  # (K, n, W), (K, C, n, W) or (K, C, D)
         text = self.text_features(eps) if self.text_noise == "tokens" else self.clean_text_features + eps
         return text, noise
+
+    def _noisy_image(self, images, image_features, text, K: int, use_mean: bool):
+        """Image features, (B, D) without image noise or (K, B, D) with it, and the image noise."""
+        if self.image_injector is None:
+            return (self.encode_images(images) if image_features is None else image_features), None
+        if self.image_injector.needs_images and images is None:
+            raise ValueError(f"the {self.image_noise!r} image injector needs the images, not cached features")
+        return self.image_injector.perturb(self, images, image_features, text, K, use_mean)
 
     @torch.no_grad()
     def mean_text_features(self) -> torch.Tensor:
@@ -756,49 +867,21 @@ class PiNI(nn.Module):
         num_samples: K, the number of Monte-Carlo samples of the noise (Eq. 5).
         use_mean: use ε = μ instead of sampling (deterministic inference).
         image_features: (B, D) precomputed `encode_images(images)`, to skip the frozen image
-            tower (not for the "patch" and "pixel" injectors, which need the images).
+            tower (not for injectors that need the images: patch and pixel).
         text_features: (K or 1, C, D) precomputed text features (e.g. `mean_text_features()`),
             to skip the text side; the text noise is then not resampled.
         Returns PiNIOutput(logits (K, B, C), noise distributions by name).
         """
-        K, noise = num_samples, {}
-
-        # text side: (K or 1, C, D)
-        if text_features is not None:
-            text = text_features
-        else:
-            text, text_noise = self._noisy_text(K, use_mean)
-            if text_noise is not None:
-                noise["text"] = text_noise
-
-        # image side: (B, D) or (K, B, D)
-        if self.image_noise in ("patch", "pixel") and images is None:
-            raise ValueError(f"the {self.image_noise!r} image injector needs the images, not cached features")
-        if self.image_noise == "pixel":
-            noise["image"] = self._controlled(self.image_injector(images))  # (B, 3, H, W)
-            noisy = images + noise["image"].sample(K, use_mean)  # (K, B, 3, H, W)
-            # Gradients must reach the injector through the frozen image tower: no no_grad here.
-            image = self.clip.encode_image(noisy.flatten(0, 1)).unflatten(0, (K, -1))  # (K, B, D)
-        elif self.image_noise == "patch":
-            image, patches = self.encode_images(images, patch_tokens=True)  # (B, D), (B, N, D)
-            noise["image"] = self._controlled(self.image_injector(patches, text.expand(K, -1, -1))[0])
-            image = image + noise["image"].sample(1, use_mean)[0].mean(-2)  # per-patch noise, pooled: (K, B, D)
-        else:
-            image = self.encode_images(images) if image_features is None else image_features  # (B, D)
-            if self.image_noise == "cross-attention":
-                # The injector reads the text features *with* their noise, and its gradient flows
-                # back into the text injector, as in the authors' code.
-                noise["image"] = self._controlled(self.image_injector(image, text.expand(K, -1, -1))[0])
-                image = image + noise["image"].sample(1, use_mean)[0]  # (K, B, D)
-            elif self.image_noise == "mlp":
-                noise["image"] = self._controlled(self.image_injector(image))  # (B, D)
-                image = image + noise["image"].sample(K, use_mean)  # (K, B, D)
-
+        K, text_noise = num_samples, None
+        if text_features is None:
+            text_features, text_noise = self._noisy_text(K, use_mean)  # (K or 1, C, D)
+        image, image_noise = self._noisy_image(images, image_features, text_features, K, use_mean)
         image = F.normalize(image, dim=-1)
-        text = F.normalize(text, dim=-1)
+        text = F.normalize(text_features, dim=-1)
         if image.dim() == 2:
             image = image.unsqueeze(0)  # (1, B, D)
         logits = self.clip.logit_scale.exp() * image @ text.transpose(1, 2)  # (K', B, C)
+        noise = {name: n for name, n in (("text", text_noise), ("image", image_noise)) if n is not None}
         return PiNIOutput(logits.expand(K, -1, -1), noise)
 
     # --- inference (section 8) -------------------------------------------------------------

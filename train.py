@@ -106,17 +106,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json path")
     model.add_argument("--pretrained", default="openai",
                        help="open_clip pretrained tag, local checkpoint file, or 'none' (random weights)")
-    model.add_argument("--text-noise", choices=["tokens", "feature", "none"], default="tokens",
+    model.add_argument("--text-noise", choices=pini.TEXT_NOISE, default="tokens",
                        help="where text noise enters: the prompt's context-token embeddings (the paper's "
                             "PiNI), each class's text feature, or nowhere")
     model.add_argument("--text-generator", choices=pini.TEXT_GENERATORS, default="free",
                        help="free μ, σ (authors' code) or an MLP conditioned on the class text features")
-    model.add_argument("--image-noise", choices=["cross-attention", "patch", "mlp", "pixel", "none"],
-                       default="cross-attention",
+    model.add_argument("--image-noise", choices=pini.IMAGE_NOISE, default="cross-attention",
                        help="image injector: cross-attention from the image feature to the class texts (the "
                             "paper's PiNI), per-patch cross-attention, an MLP on the image feature, a CNN on "
                             "pixels, or none")
-    model.add_argument("--control", choices=["none", "no-sigma", "no-mu"], default="none",
+    model.add_argument("--control", choices=pini.CONTROLS, default="none",
                        help="controls: σ fixed at 0 (a learned shift) or μ fixed at 0 (pure noise)")
     model.add_argument("--n-ctx", type=count, default=16, help="placeholder context tokens before the template")
     model.add_argument("--reduction", type=positive_int, default=1, help="image injector hidden size = D / reduction")
@@ -185,7 +184,7 @@ def _inconsistencies(args) -> list:
         problems.append(f"--warmup-epochs {args.warmup_epochs} is more than --epochs {args.epochs}")
     if args.ce_weight == 0 and args.kl_weight == 0:
         problems.append("--ce-weight and --kl-weight are both 0: nothing would be trained")
-    if args.cache_views and args.image_noise in ("patch", "pixel") and not args.ablation:
+    if args.cache_views and pini.needs_images(args.image_noise) and not args.ablation:
         problems.append(f"--cache-views caches image features, but --image-noise {args.image_noise} needs the "
                         "images; use it with cross-attention, mlp or none")
     return problems
@@ -369,8 +368,8 @@ TRAINING_KEYS = ("noise_samples", "ce_weight", "kl_weight", "prior_std", "epochs
 def job_options(job: Job, args) -> argparse.Namespace:
     """The command line as this job sees it: the variant's (or the checkpoint's) settings applied."""
     options = argparse.Namespace(**{**vars(args), **job.overrides})
-    if options.image_noise in ("patch", "pixel"):
-        options.cache_views = 0  # these injectors need the images: no feature cache
+    if pini.needs_images(options.image_noise):
+        options.cache_views = 0  # this injector needs the images: no feature cache
     return options
 
 
@@ -434,11 +433,10 @@ class Context:
 
 
 def build_model(options, ctx: Context, split) -> pini.PiNI:
-    none = lambda value: None if value == "none" else value  # noqa: E731
     return pini.PiNI(ctx.clip, ctx.tokenizer, split.classnames, split.info.template, options.n_ctx,
-                     text_noise=none(options.text_noise), image_noise=none(options.image_noise),
-                     text_generator=options.text_generator, control=none(options.control.replace("-", "_")),
-                     reduction=options.reduction, pixel_level=options.pixel_level).to(ctx.clip.logit_scale.device)
+                     text_noise=options.text_noise, image_noise=options.image_noise,
+                     text_generator=options.text_generator, control=options.control,
+                     reduction=options.reduction, pixel_level=options.pixel_level)
 
 
 def variant_name(options) -> str:
@@ -536,6 +534,9 @@ def run_eval(job: Job, args, ctx: Context, run_dir: Path, checkpoint: dict) -> d
     """Test saved injectors; the record goes to its own file (eval.json), never over a result."""
     options, settings = job_options(job, args), settings_of(job, args, ctx.precision)
     model = build_model(options, ctx, job.split)
+    if model.per_class and job.split.classnames != checkpoint["meta"]["settings"]["classnames"]:
+        raise UsageError(f"{args.checkpoint} holds per-class noise ({variant_name(options)}): it cannot be "
+                         "evaluated on other classes")
     load_injectors(model, checkpoint["injectors"], args.checkpoint)
     return test_and_record(model, job, options, ctx, run_dir / EVAL_RESULT, settings, checkpoint["history"],
                            trained_on=checkpoint["meta"]["settings"]["dataset"])
@@ -742,8 +743,7 @@ def run(args) -> list:
     results = []
     for job in jobs:
         run_dir = job.run_dir(Path(args.output_dir))
-        if job.kind == "train" and job_options(job, args).image_noise == "patch" \
-                and not hasattr(ctx.clip.visual, "output_tokens"):
+        if job.kind == "train" and not pini.fits(ctx.clip, job_options(job, args).image_noise):
             continue  # the patch injector needs a ViT: its ablation row says n/a
         if job.kind == "eval":
             results.append(run_eval(job, args, ctx, run_dir, checkpoint))

@@ -32,7 +32,7 @@ def silence(model):
     return model
 
 
-@pytest.mark.parametrize("image_noise", ["cross-attention", None])
+@pytest.mark.parametrize("image_noise", ["cross-attention", "none"])
 def test_zero_noise_gives_open_clip_zero_shot_logits(tiny_clip, image_noise):
     clip, tokenizer, _, _ = tiny_clip
     torch.manual_seed(1)
@@ -48,7 +48,7 @@ def test_zero_noise_gives_open_clip_zero_shot_logits(tiny_clip, image_noise):
 def test_no_injector_is_zero_shot_clip(tiny_clip):
     clip, tokenizer, _, _ = tiny_clip
     images = torch.randn(4, 3, 32, 32)
-    model = pini.PiNI(clip, tokenizer, CLASSNAMES, text_noise=None, image_noise=None)
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, text_noise="none", image_noise="none")
     assert model.trainable_parameters() == []
     torch.testing.assert_close(model(images).logits[0], zero_shot_logits(clip, tokenizer, images), atol=1e-5, rtol=0)
 
@@ -264,8 +264,8 @@ def test_shared_prefix_equals_full_prompts_with_gradients(tiny_clip, num_samples
     clip, tokenizer, _, _ = tiny_clip
     clip = copy.deepcopy(clip).to(dtype)
     names = CLASSNAMES + ["a very long class name of many many tokens indeed"]
-    fast = pini.PiNI(clip, tokenizer, names, template="a type of pet, a photo of a", image_noise=None).to(dtype)
-    slow = pini.PiNI(clip, tokenizer, names, template="a type of pet, a photo of a", image_noise=None,
+    fast = pini.PiNI(clip, tokenizer, names, template="a type of pet, a photo of a", image_noise="none").to(dtype)
+    slow = pini.PiNI(clip, tokenizer, names, template="a type of pet, a photo of a", image_noise="none",
                      shared_prefix=False).to(dtype)
     assert fast.shared_prefix and not slow.shared_prefix
     slow.text_injector.load_state_dict(fast.text_injector.state_dict())
@@ -285,7 +285,7 @@ def test_shared_prefix_equals_full_prompts_with_gradients(tiny_clip, num_samples
 
 def test_shared_prefix_without_noise_equals_encode_text(tiny_vit):
     clip, tokenizer, _, _ = tiny_vit
-    model = pini.PiNI(clip, tokenizer, CLASSNAMES, text_noise=None, image_noise=None)
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, text_noise="none", image_noise="none")
     prompts = [" ".join(["X"] * 16 + ["a photo of a", c.replace("_", " ")]) + "." for c in CLASSNAMES]
     with torch.no_grad():
         torch.testing.assert_close(model.text_features(None)[0], clip.encode_text(tokenizer(prompts)),
@@ -300,8 +300,8 @@ VARIANTS = {
     "patch query": {"image_noise": "patch"},
     "mlp": {"image_noise": "mlp"},
     "pixel": {"image_noise": "pixel"},
-    "no sigma": {"control": "no_sigma"},
-    "no mu": {"control": "no_mu"},
+    "no sigma": {"control": "no-sigma"},
+    "no mu": {"control": "no-mu"},
 }
 
 
@@ -322,7 +322,7 @@ def test_each_variant_trains_only_its_own_parameters(tiny_vit, variant):
     control = VARIANTS[variant].get("control")
     frozen = [n for n, p in model.named_parameters() if not n.startswith("clip.") and not p.requires_grad]
     if control:
-        fixed = "sigma" if control == "no_sigma" else "mu"
+        fixed = "sigma" if control == "no-sigma" else "mu"
         assert frozen and all(fixed in n.split(".")[1] for n in frozen)
     else:
         assert frozen == []
@@ -355,7 +355,7 @@ def test_patch_query_needs_a_vit(tiny_clip):
 
 def test_sigma_zero_control_is_deterministic(tiny_vit):
     clip, tokenizer, _, _ = tiny_vit
-    model = pini.PiNI(clip, tokenizer, CLASSNAMES, control="no_sigma").train()
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, control="no-sigma").train()
     images = torch.randn(3, 3, 32, 32)
     first, second = model(images, num_samples=2), model(images, num_samples=2)
     assert torch.equal(first.logits, second.logits)
@@ -365,7 +365,7 @@ def test_sigma_zero_control_is_deterministic(tiny_vit):
 
 def test_mu_zero_control_has_zero_mean_noise(tiny_vit):
     clip, tokenizer, _, _ = tiny_vit
-    model = pini.PiNI(clip, tokenizer, CLASSNAMES, control="no_mu")
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES, control="no-mu")
     with torch.no_grad():
         model.text_injector.sigma.fill_(0.5)
     out = model(torch.randn(3, 3, 32, 32), num_samples=2)
@@ -383,7 +383,7 @@ def test_unknown_variant_names_the_choices(tiny_vit):
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"text_noise": "feature", "text_generator": "conditioned"},
-                                    {"image_noise": "patch"}, {"text_noise": None}])
+                                    {"image_noise": "patch"}, {"text_noise": "none"}])
 def test_mean_text_features_computed_once_give_the_same_predictions(tiny_vit, kwargs):
     clip, tokenizer, _, _ = tiny_vit
     torch.manual_seed(0)
@@ -420,6 +420,7 @@ def test_failed_download_says_what_to_do(monkeypatch):
         raise RuntimeError("Failed to download weights for tag 'openai': no connection")
 
     monkeypatch.setattr(pini.open_clip, "create_model_and_transforms", offline)
+    monkeypatch.setattr(pini, "_check_weights_reachable", lambda name, tag: None)  # as if the host answered
     with pytest.raises(pini.WeightsUnavailable, match="could not download the 'openai' weights of ViT-B-16.*"
                                                       "--pretrained none"):
         pini.load_clip("ViT-B/16", "openai")

@@ -18,7 +18,7 @@ import pini  # noqa: E402
 
 FIXTURE = Path(__file__).with_name("fixtures") / "variant_logits.pt"
 CLASSNAMES = ["cat", "golden_retriever", "hot air balloon", "x"]
-VARIANTS = {  # name -> (keyword arguments, spelled as pini.PiNI took them when the fixture was written)
+VARIANTS = {  # name -> keyword arguments of pini.PiNI
     "default": {},
     "text feature": {"text_noise": "feature"},
     "text tokens conditioned": {"text_generator": "conditioned"},
@@ -26,11 +26,11 @@ VARIANTS = {  # name -> (keyword arguments, spelled as pini.PiNI took them when 
     "patch": {"image_noise": "patch"},
     "mlp": {"image_noise": "mlp"},
     "pixel": {"image_noise": "pixel"},
-    "text only": {"image_noise": None},
-    "image only": {"text_noise": None},
-    "no sigma": {"control": "no_sigma"},
-    "no mu": {"control": "no_mu"},
-    "none": {"text_noise": None, "image_noise": None},
+    "text only": {"image_noise": "none"},
+    "image only": {"text_noise": "none"},
+    "no sigma": {"control": "no-sigma"},
+    "no mu": {"control": "no-mu"},
+    "none": {"text_noise": "none", "image_noise": "none"},
     "unshared prefix": {"shared_prefix": False},
 }
 
