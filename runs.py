@@ -17,7 +17,6 @@ This module knows no model and no data layout.
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import tempfile
@@ -28,8 +27,8 @@ import torch
 RESULT, EVAL_RESULT, CHECKPOINT = "result.json", "eval.json", "checkpoint.pt"
 
 
-class RunError(Exception):
-    """A run's files or settings do not allow what was asked; the message says what to do."""
+class UsageError(Exception):
+    """A problem with the command line, the data or a run's files, reported as one line that says what to do."""
 
 
 def plain(value):
@@ -75,9 +74,9 @@ def read_record(path: Path) -> dict:
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
-        raise RunError(f"{path} is not a readable result file ({error}); delete it or rerun with --force") from None
+        raise UsageError(f"{path} is not a readable result file ({error}); delete it or rerun with --force") from None
     if not isinstance(record, dict) or "accuracy" not in record:
-        raise RunError(f"{path} is not a PiNI result file (no accuracy); delete it or rerun with --force")
+        raise UsageError(f"{path} is not a PiNI result file (no accuracy); delete it or rerun with --force")
     return record
 
 
@@ -96,7 +95,7 @@ def save_checkpoint(path: Path, state: dict):
     bad = [name for name, tensor in state["injectors"].items()
            if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if bad:
-        raise RunError(f"the injectors became non-finite ({', '.join(bad[:3])}); nothing was saved. "
+        raise UsageError(f"the injectors became non-finite ({', '.join(bad[:3])}); nothing was saved. "
                        "Try a smaller --lr, or --precision fp32")
     _atomic_write(path, lambda tmp: torch.save(state, tmp))
 
@@ -106,19 +105,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     that it is one of ours: {"injectors": {name: tensor}, "meta": {"settings": {...}}, ...}."""
     refused = f"{path}: not a PiNI checkpoint, or not a safe one"
     if not Path(path).is_file():
-        raise RunError(f"checkpoint not found: {path}")
+        raise UsageError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError,
             ImportError, KeyError, IndexError, OSError, UnicodeDecodeError) as error:
-        raise RunError(f"{refused} ({type(error).__name__}); only checkpoints written by train.py load") from None
+        raise UsageError(f"{refused} ({type(error).__name__}); only checkpoints written by train.py load") from None
     injectors = state.get("injectors") if isinstance(state, dict) else None
     meta = state.get("meta") if isinstance(state, dict) else None
     if not (isinstance(injectors, dict) and all(isinstance(v, torch.Tensor) for v in injectors.values())
             and isinstance(meta, dict) and isinstance(meta.get("settings"), dict)):
-        raise RunError(f"{refused} (it lacks the injectors or the run settings)")
+        raise UsageError(f"{refused} (it lacks the injectors or the run settings)")
     return state
-
-
-def is_finite(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -22,27 +22,24 @@ import argparse
 import math
 import os
 import random
-import re
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import open_clip
 import torch
 from tqdm import tqdm
 
 import datasets
-import downloads
 import pini
 import report
 import runs
-from runs import CHECKPOINT, EVAL_RESULT, RESULT
+from epochs import (Context, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_precision,
+                    train_epoch, writable_output, zero_shot_accuracy)
+from jobs import (ABLATION, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of,
+                  training_settings, variant_name)
+from runs import CHECKPOINT, EVAL_RESULT, RESULT, UsageError
 
-
-class UsageError(Exception):
-    """A problem with the command line or the environment, reported as one line."""
 
 
 # -----------------------------------------------------------------------------------------
@@ -68,26 +65,24 @@ positive = _number(float, 0.0, False, "a finite number > 0")
 non_negative = _number(float, 0.0, True, "a finite number ≥ 0")
 
 
-# The ablation: every noise position / generator the paper compares, and the controls. Each
-# variant changes one thing of the default PiNI and shares everything else (data, schedule, seeds).
-ABLATION = [
-    ("PiNI: text tokens + image cross-attention", {}),
-    ("text noise on the text feature", {"text_noise": "feature"}),
-    ("text noise from a conditioned network", {"text_generator": "conditioned"}),
-    ("image noise: patch-query cross-attention", {"image_noise": "patch"}),
-    ("image noise: MLP on the image feature", {"image_noise": "mlp"}),
-    ("image noise: CNN on pixels", {"image_noise": "pixel"}),
-    ("text noise only", {"image_noise": "none"}),
-    ("image noise only", {"text_noise": "none"}),
-    ("control: σ = 0 (a learned shift)", {"control": "no-sigma"}),
-    ("control: μ = 0 (pure noise)", {"control": "no-mu"}),
-    ("control: zero-shot CLIP (hand-crafted prompt)", None),
-]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
+    for add_options in (_data_options, _model_options, _objective_options, _optimisation_options, _run_options):
+        add_options(p)
+    args = p.parse_args(argv)
+    for problem in _inconsistencies(args):
+        p.error(problem)
+    for name in ("seeds", "shots"):
+        values = getattr(args, name)
+        if len(set(values)) < len(values):
+            print(f"warning: --{name} {' '.join(map(str, values))} repeats values; each is run and counted once",
+                  file=sys.stderr)
+            setattr(args, name, list(dict.fromkeys(values)))
+    return args
+
+
+def _data_options(p):
     data = p.add_argument_group("data")
     data.add_argument("--dataset", nargs="+",
                       help=f"one or more of {', '.join(datasets.DATASETS)}; 'all' for the 11 benchmark "
@@ -102,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--workers", type=count, default=min(8, os.cpu_count() or 1),
                       help="data-loading processes (results do not depend on it)")
 
+
+def _model_options(p):
     model = p.add_argument_group("model")
     model.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json path")
     model.add_argument("--pretrained", default="openai",
@@ -121,6 +118,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--reduction", type=positive_int, default=1, help="image injector hidden size = D / reduction")
     model.add_argument("--pixel-level", type=non_negative, default=0.1, help="RMS strength of pixel noise")
 
+
+def _objective_options(p):
     objective = p.add_argument_group("objective (see pini.pini_objective)")
     objective.add_argument("--noise-samples", type=positive_int, default=1, help="K Monte-Carlo noise samples")
     objective.add_argument("--ce-weight", type=non_negative, default=1.0, help="weight of the cross-entropy bound")
@@ -128,6 +127,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                            help="β, weight of KL(p_θ(ε) ‖ N(0, s²I)); 0 = the authors' code")
     objective.add_argument("--prior-std", type=positive, default=1.0, help="s, the prior's standard deviation")
 
+
+def _optimisation_options(p):
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=positive_int, default=100)
     optim.add_argument("--lr", type=positive, default=1e-3)
@@ -143,6 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="autocast precision; auto = fp16 on CUDA (as the authors), fp32 on CPU")
     optim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
+
+def _run_options(p):
     run = p.add_argument_group("evaluation and runs")
     run.add_argument("--inference", choices=["mean", "sample", "average"], default="mean",
                      help="noise at test time: its mean (default), one sample (authors), or K-sample average")
@@ -161,16 +164,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--checkpoint", help="checkpoint.pt of a trained run, for --eval-only")
     run.add_argument("--transfer", action="store_true",
                      help="with --eval-only: allow a dataset whose classes differ from the checkpoint's")
-    args = p.parse_args(argv)
-    for problem in _inconsistencies(args):
-        p.error(problem)
-    for name in ("seeds", "shots"):
-        values = getattr(args, name)
-        if len(set(values)) < len(values):
-            print(f"warning: --{name} {' '.join(map(str, values))} repeats values; each is run and counted once",
-                  file=sys.stderr)
-            setattr(args, name, list(dict.fromkeys(values)))
-    return args
 
 
 def _inconsistencies(args) -> list:
@@ -190,246 +183,16 @@ def _inconsistencies(args) -> list:
     return problems
 
 
-# -----------------------------------------------------------------------------------------
-# Set-up
-# -----------------------------------------------------------------------------------------
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        print("warning: no GPU found, running on the CPU (slow for full-size CLIP models)", file=sys.stderr)
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asked for a GPU, but torch sees none (torch.cuda.is_available() is False)")
-    return device
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise UsageError("--precision fp16 needs a GPU; on the CPU use fp32 or bf16")
-    return precision
-
-
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def writable_output(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(f"cannot write to the output folder {path}: {error.strerror or error}") from None
-    return path
-
-
 def seed_everything(seed: int):
     random.seed(seed)
     torch.manual_seed(seed)
 
-
-def loader(items, transform, batch_size, workers, shuffle=False, seed=0):
-    """A DataLoader whose augmentation of image i depends on (seed, i) only — not on `workers`
-    (see datasets.ImageDataset.set_epoch) — and whose shuffle order depends on `seed` only."""
-    dataset = datasets.ImageDataset(items, transform)
-    dataset.set_epoch(seed)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-        drop_last=shuffle and len(items) >= batch_size,  # as Dassl: no ragged last training batch
-        generator=torch.Generator().manual_seed(seed), persistent_workers=False,
-        pin_memory=torch.cuda.is_available())
-
-
-def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr: float) -> float:
-    """Dassl's schedule: a constant warm-up lr, then cosine annealing over all epochs."""
-    if epoch < warmup_epochs:
-        return warmup_lr / lr
-    return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-
-
-# -----------------------------------------------------------------------------------------
-# The job list: one call expands into explicit jobs, checked before the model loads
-# -----------------------------------------------------------------------------------------
-
-@dataclass
-class Job:
-    """One thing to compute: train + test ("train"), test a checkpoint ("eval"), or zero-shot CLIP."""
-    kind: str
-    split: datasets.Split
-    shots: int = 0
-    seed: int = 0
-    ablation: str = ""  # the ABLATION row this job belongs to, "" outside --ablation
-    overrides: dict = field(default_factory=dict)  # the variant's changes to the command line
-    sample: Optional[datasets.FewShot] = None
-
-    def run_dir(self, out: Path) -> Path:
-        folder = out / self.split.info.alias
-        if self.kind == "zero-shot":
-            return folder / "zero_shot"
-        folder = folder / f"shots_{self.shots}"
-        return (folder / "ablation" / slug(self.ablation) if self.ablation else folder) / f"seed_{self.seed}"
-
-
-def slug(text: str) -> str:
-    """A folder name: 'control: σ = 0 (a learned shift)' -> 'control_sigma_0_a_learned_shift'."""
-    text = text.lower().replace("σ", "sigma").replace("μ", "mu")
-    return re.sub(r"[^a-z0-9]+", "_", text).strip("_")
-
-
-def plan(args, checkpoint: Optional[dict]) -> list:
-    """The call's jobs, in the order they run. Data problems surface here: all at once."""
-    names = args.dataset or ([checkpoint["meta"].get("dataset_arg", "")] if checkpoint else ["caltech101"])
-    names = datasets.BENCHMARK if names == ["all"] else names
-    if args.download:
-        fetch_missing(names, args.data_root)
-    splits = datasets.load_datasets(names, args.data_root)
-    if checkpoint:
-        return [eval_job(split, checkpoint, args) for split in splits]
-    for split in splits:
-        if split.info.test_only and not args.zero_shot:
-            raise UsageError(f"{split.info.name} is a test-only set: evaluate a model trained on ImageNet with "
-                             f"--eval-only --checkpoint runs/imagenet/shots_16/seed_1/checkpoint.pt, or use --zero-shot")
-    if args.zero_shot:
-        return [Job("zero-shot", split) for split in splits]
-    jobs = []
-    for split in splits:
-        for shots in args.shots:
-            samples = {seed: datasets.few_shot(split, shots, seed) for seed in args.seeds}
-            warn_short(split, shots, samples[args.seeds[0]])
-            for variant, overrides in (ABLATION if args.ablation else [("", {})]):
-                if overrides is None:  # the zero-shot control: no training, no seed
-                    jobs.append(Job("zero-shot", split))
-                    continue
-                jobs += [Job("train", split, shots, seed, variant, overrides, samples[seed]) for seed in args.seeds]
-    return jobs
-
-
-def fetch_missing(names, data_root):
-    """--download: fetch what is missing of the named benchmark datasets (see downloads.py)."""
-    try:
-        downloads.download([n for n in names if datasets.resolve_name(n) in datasets.DATASETS], data_root)
-    except downloads.DownloadError as error:
-        raise UsageError(str(error)) from None
-
-
-def eval_job(split: datasets.Split, checkpoint: dict, args) -> Job:
-    """Evaluate a checkpoint on `split`: its own classes, or — asked for — another class set."""
-    trained = checkpoint["meta"]["settings"]
-    if trained["classnames"] != split.classnames and not (args.transfer or split.info.test_only):
-        raise UsageError(f"{args.checkpoint} was trained on {trained['dataset']}'s {len(trained['classnames'])} "
-                         f"classes, not on {split.info.name}'s {len(split.classnames)}: add --transfer to "
-                         "evaluate it on other classes")
-    overrides = {key: trained[key] for key in MODEL_KEYS + ("epochs",)}
-    return Job("eval", split, trained["shots"], trained["seed"], checkpoint["meta"].get("ablation", ""), overrides)
-
-
-def dataset_arg(split: datasets.Split) -> str:
-    """How --dataset names this dataset: its alias, or the folder of your own data."""
-    return split.info.alias if split.info.alias in datasets.DATASETS else str(split.folder)
-
-
-def warn_short(split, shots: int, sample):
-    if sample.short_classes:
-        listing = ", ".join(f"{name} ({n})" for name, n in list(sample.short_classes.items())[:5])
-        tqdm.write(f"warning: {split.info.name}, {shots} shots: {len(sample.short_classes)} classes have fewer "
-                   f"training images, all of which are used: {listing}")
-
-
-def check_images(jobs, args):
-    """Open every image any job will read (few-shot train and val, test), once, before the model loads."""
-    by_split = {}
-    for job in jobs:
-        items = by_split.setdefault(id(job.split), (job.split, {}))[1]
-        if job.sample:
-            items.update((item.path, item) for item in job.sample.train + job.sample.val)
-    for split, items in by_split.values():
-        items.update((item.path, item) for item in split.test)
-        datasets.verify_images(list(items.values()), split.info.name)
-
-
-# -----------------------------------------------------------------------------------------
-# Settings: what a run is
-# -----------------------------------------------------------------------------------------
-
-MODEL_KEYS = ("model", "pretrained", "text_noise", "text_generator", "image_noise", "control", "n_ctx",
-              "reduction", "pixel_level", "template", "shots", "seed")
-TRAINING_KEYS = ("noise_samples", "ce_weight", "kl_weight", "prior_std", "epochs", "lr", "batch_size",
-                 "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "cache_views", "precision")
-
-
-def job_options(job: Job, args) -> argparse.Namespace:
-    """The command line as this job sees it: the variant's (or the checkpoint's) settings applied."""
-    options = argparse.Namespace(**{**vars(args), **job.overrides})
-    if pini.needs_images(options.image_noise):
-        options.cache_views = 0  # this injector needs the images: no feature cache
-    return options
-
-
-def settings_of(job: Job, args, precision: str) -> dict:
-    """Everything that determines a job's result, as plain values."""
-    split, options = job.split, job_options(job, args)
-    common = {"kind": job.kind, "dataset": split.info.name, "classnames": split.classnames,
-              "split": {"source": split.source, "fingerprint": split.fingerprint},
-              "model": options.model, "pretrained": options.pretrained, "precision": precision}
-    if job.kind == "zero-shot":
-        return runs.plain({**common, "template": split.info.zero_shot})
-    options.template, options.shots, options.seed, options.precision = (
-        split.info.template, job.shots, job.seed, precision)
-    if job.kind == "eval":
-        return runs.plain({**common, **{k: getattr(options, k) for k in MODEL_KEYS},
-                           "checkpoint": str(args.checkpoint), "inference": options.inference,
-                           "inference_samples": options.inference_samples})
-    return runs.plain({**common, **{k: getattr(options, k) for k in MODEL_KEYS + TRAINING_KEYS},
-                       "sample": job.sample.fingerprint, "inference": options.inference,
-                       "inference_samples": options.inference_samples})
-
-
-def training_settings(settings: dict) -> dict:
-    """The part of a run's settings a checkpoint must match to be resumed (not the test-time ones)."""
-    return {k: v for k, v in settings.items() if k not in ("inference", "inference_samples")}
-
-
-def reuse_or_run(path: Path, settings: dict, args, compute) -> dict:
-    """The finished run at `path` when its settings are these (and no --force), else compute it."""
-    if path.is_file() and not args.force:
-        record = runs.read_record(path)
-        changed = runs.differences(record.get("settings"), settings)
-        if not changed:
-            tqdm.write(f"skipping {path.parent}: already finished (--force reruns it)")
-            return record
-        raise UsageError(f"{path.parent} holds a finished run with other settings ({'; '.join(changed[:4])}): "
-                         "rerun with --force to replace it, or choose another --output-dir")
-    return compute()
 
 
 # -----------------------------------------------------------------------------------------
 # Running one job: restore, train, evaluate, record
 # -----------------------------------------------------------------------------------------
 
-@dataclass
-class Context:
-    """What every job of a call shares: the frozen CLIP, its transforms, device and precision."""
-    clip: object
-    tokenizer: object
-    train_tf: object
-    eval_tf: object
-    device: torch.device
-    precision: str
-
-    @property
-    def amp_dtype(self):
-        return AUTOCAST[self.precision]
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
 
 def build_model(options, ctx: Context, split) -> pini.PiNI:
@@ -439,15 +202,6 @@ def build_model(options, ctx: Context, split) -> pini.PiNI:
                      reduction=options.reduction, pixel_level=options.pixel_level)
 
 
-def variant_name(options) -> str:
-    """A short name of the injector set-up, e.g. 'text:tokens/free + image:cross-attention'."""
-    parts = []
-    if options.text_noise != "none":
-        parts.append(f"text:{options.text_noise}/{options.text_generator}")
-    if options.image_noise != "none":
-        parts.append(f"image:{options.image_noise}")
-    name = " + ".join(parts) or "zero-shot (PiNI prompts)"
-    return name if options.control == "none" else f"{name} [{options.control}]"
 
 
 def run_training(job: Job, args, ctx: Context, run_dir: Path) -> dict:
@@ -559,32 +313,6 @@ def run_zero_shot(job: Job, args, ctx: Context, run_dir: Path) -> dict:
 # Evaluation and checkpoints
 # -----------------------------------------------------------------------------------------
 
-def top1(scores, test_loader, ctx: Context, desc: str) -> float:
-    """Top-1 accuracy (%) over the test loader of `scores(images) -> (B, C)`, under autocast."""
-    correct = total = 0
-    for images, labels in tqdm(test_loader, desc=desc, leave=False, dynamic_ncols=True):
-        with torch.no_grad(), ctx.autocast():
-            predicted = scores(images.to(ctx.device)).argmax(-1).cpu()
-        correct += (predicted == labels).sum().item()
-        total += len(labels)
-    return 100.0 * correct / total
-
-
-def evaluate(model: pini.PiNI, test_loader, ctx: Context, mode: str, samples: int) -> float:
-    """Top-1 accuracy (%) of `model.predict` in the given inference mode."""
-    model.eval()
-    with ctx.autocast():
-        text = model.mean_text_features() if mode == "mean" else None  # constant: encoded once
-    return top1(lambda images: model.predict(images, mode, samples, text_features=text), test_loader, ctx, "test")
-
-
-@torch.no_grad()
-def zero_shot_accuracy(ctx: Context, classnames, template: str, test_loader) -> float:
-    """CLIP's zero-shot accuracy (%) with one hand-crafted prompt per class (e.g. 'a photo of a {}.')."""
-    with ctx.autocast():
-        text = ctx.clip.encode_text(ctx.tokenizer([template.format(c) for c in classnames]).to(ctx.device),
-                                    normalize=True)  # (C, D)
-    return top1(lambda images: ctx.clip.encode_image(images, normalize=True) @ text.T, test_loader, ctx, "zero-shot")
 
 
 def injector_state(model: pini.PiNI) -> dict:
@@ -613,92 +341,6 @@ def load_injectors(model: pini.PiNI, state: dict, path):
         raise UsageError(f"{hint}: {str(error).strip().splitlines()[-1].strip()}") from None
 
 
-# -----------------------------------------------------------------------------------------
-# Epochs
-# -----------------------------------------------------------------------------------------
-
-# Opt-in protocol option (--cache-views V): the image tower is frozen and the feature-level noise
-# enters after it, so the features of V fixed augmented views per training image can be computed
-# once and reused by every epoch (and by every run in this process that trains on the same
-# images — other seeds, ablation variants). Each step then draws one of the V views per image.
-# With V views instead of a fresh augmentation every epoch this is a different protocol, never the default.
-VIEW_CACHE: dict = {}
-
-
-def view_features(model: pini.PiNI, items, transform, options, ctx: Context) -> torch.Tensor:
-    """(n, V, D) frozen image features of V augmented views of each training image (on the CPU)."""
-    key = (options.model, options.pretrained, options.cache_views)
-    missing = [item for item in items if (key, item.path) not in VIEW_CACHE]
-    if missing:
-        views = []
-        for view in range(options.cache_views):  # view v: augmentation seeded by v, the same for every run
-            batches = loader(missing, transform, options.test_batch_size, options.workers, seed=view)
-            with ctx.autocast():
-                views.append(torch.cat([model.encode_images(images.to(ctx.device)).float().cpu()
-                                        for images, _ in tqdm(batches, desc=f"caching view {view + 1}",
-                                                              leave=False, dynamic_ncols=True)]))
-        for item, features in zip(missing, torch.stack(views, dim=1)):
-            VIEW_CACHE[(key, item.path)] = features
-    return torch.stack([VIEW_CACHE[(key, item.path)] for item in items])
-
-
-def epoch_batches(model, items, options, ctx: Context):
-    """A function epoch_seed -> that epoch's batches of (images or None, features or None, labels):
-    augmented images from the loader, or (--cache-views) features of cached augmented views."""
-    if options.cache_views:
-        features = view_features(model, items, ctx.train_tf, options, ctx)  # (n, V, D)
-        labels = torch.tensor([item.label for item in items])
-        return lambda epoch_seed: cached_batches(features, labels, options.batch_size, epoch_seed)
-    train_loader = loader(items, ctx.train_tf, options.batch_size, options.workers, shuffle=True)
-
-    def image_batches(epoch_seed):
-        train_loader.generator.manual_seed(epoch_seed)
-        train_loader.dataset.set_epoch(epoch_seed)
-        return ((images, None, labels) for images, labels in train_loader)
-
-    return image_batches
-
-
-def cached_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
-    """Shuffled batches of (None, features of one random view per image, labels); as the image
-    loader, no ragged last batch when there is at least one full batch."""
-    generator = torch.Generator().manual_seed(seed)
-    n, views = features.shape[:2]
-    order = torch.randperm(n, generator=generator)
-    stop = n - n % batch_size if n >= batch_size else n
-    for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size]
-        view = torch.randint(views, (len(index),), generator=generator)
-        yield None, features[index, view], labels[index]
-
-
-def train_epoch(model, batches, optimizer, scaler, options, ctx: Context) -> dict:
-    """One pass over `batches` of (images or None, image features or None, labels)."""
-    model.train()
-    started, total_loss, correct, seen = time.time(), 0.0, 0, 0
-    for images, features, labels in batches:
-        images = images.to(ctx.device, non_blocking=True) if images is not None else None
-        features = features.to(ctx.device, non_blocking=True) if features is not None else None
-        labels = labels.to(ctx.device, non_blocking=True)
-        with ctx.autocast():
-            output = model(images, num_samples=options.noise_samples, image_features=features)
-            losses = pini.pini_objective(output, labels, options.ce_weight, options.kl_weight, options.prior_std)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler:
-            scaler.scale(losses["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            losses["loss"].backward()
-            optimizer.step()
-        loss = losses["loss"].item()
-        if not math.isfinite(loss):
-            raise UsageError("the loss became non-finite; try --precision fp32 or bf16, or a smaller --lr")
-        total_loss += loss * len(labels)
-        correct += (output.logits.argmax(-1) == labels).float().mean(0).sum().item()
-        seen += len(labels)
-    return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1),
-            "seconds": time.time() - started}
 
 
 @torch.no_grad()
@@ -786,7 +428,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (UsageError, runs.RunError, datasets.DatasetError, pini.WeightsUnavailable, ValueError,
+    except (UsageError, datasets.DatasetError, pini.WeightsUnavailable, ValueError,
             FileNotFoundError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2

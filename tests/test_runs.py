@@ -164,7 +164,7 @@ def test_a_broken_checkpoint_gives_one_line(base_args, tmp_path, capsys, content
 
 def test_non_finite_injectors_are_never_saved(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    with pytest.raises(runs.RunError, match="non-finite"):
+    with pytest.raises(runs.UsageError, match="non-finite"):
         runs.save_checkpoint(path, {"injectors": {"mu": torch.tensor([1.0, float("nan")])}, "meta": {}})
     assert not path.exists() and os.listdir(tmp_path) == []
     runs.save_checkpoint(path, {"injectors": {"mu": torch.ones(2)}, "meta": {"settings": {}}})

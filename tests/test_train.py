@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import datasets
+import epochs
 import pini
 import train
 from conftest import touch_image, write_json_split
@@ -191,7 +192,7 @@ def test_ablation_writes_one_row_per_variant(base_args, tmp_path):
 
 
 def test_cached_views_encode_each_training_image_once_per_view(base_args, monkeypatch, tmp_path):
-    train.VIEW_CACHE.clear()
+    epochs.VIEW_CACHE.clear()
     encoded = []
     original = pini.PiNI.encode_images
 

@@ -1,0 +1,212 @@
+"""The training epoch and the test pass: loaders, the learning-rate schedule, the feature cache.
+
+Everything here is a function of its arguments and of the seeds it is given: the same seed gives
+the same batches, augmentations and noise whatever the number of data-loading workers.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import datasets
+import pini
+from runs import UsageError
+
+
+# -----------------------------------------------------------------------------------------
+# The machine: device, precision, output folder
+# -----------------------------------------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        print("warning: no GPU found, running on the CPU (slow for full-size CLIP models)", file=sys.stderr)
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} asked for a GPU, but torch sees none (torch.cuda.is_available() is False)")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise UsageError("--precision fp16 needs a GPU; on the CPU use fp32 or bf16")
+    return precision
+
+
+
+
+def writable_output(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to the output folder {path}: {error.strerror or error}") from None
+    return path
+
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Context:
+    """What every job of a call shares: the frozen CLIP, its transforms, device and precision."""
+    clip: object
+    tokenizer: object
+    train_tf: object
+    eval_tf: object
+    device: torch.device
+    precision: str
+
+    @property
+    def amp_dtype(self):
+        return AUTOCAST[self.precision]
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+
+def loader(items, transform, batch_size, workers, shuffle=False, seed=0):
+    """A DataLoader whose augmentation of image i depends on (seed, i) only — not on `workers`
+    (see datasets.ImageDataset.set_epoch) — and whose shuffle order depends on `seed` only."""
+    dataset = datasets.ImageDataset(items, transform)
+    dataset.set_epoch(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+        drop_last=shuffle and len(items) >= batch_size,  # as Dassl: no ragged last training batch
+        generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+        pin_memory=torch.cuda.is_available())
+
+
+def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr: float) -> float:
+    """Dassl's schedule: a constant warm-up lr, then cosine annealing over all epochs."""
+    if epoch < warmup_epochs:
+        return warmup_lr / lr
+    return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def top1(scores, test_loader, ctx: Context, desc: str) -> float:
+    """Top-1 accuracy (%) over the test loader of `scores(images) -> (B, C)`, under autocast."""
+    correct = total = 0
+    for images, labels in tqdm(test_loader, desc=desc, leave=False, dynamic_ncols=True):
+        with torch.no_grad(), ctx.autocast():
+            predicted = scores(images.to(ctx.device)).argmax(-1).cpu()
+        correct += (predicted == labels).sum().item()
+        total += len(labels)
+    return 100.0 * correct / total
+
+
+def evaluate(model: pini.PiNI, test_loader, ctx: Context, mode: str, samples: int) -> float:
+    """Top-1 accuracy (%) of `model.predict` in the given inference mode."""
+    model.eval()
+    with ctx.autocast():
+        text = model.mean_text_features() if mode == "mean" else None  # constant: encoded once
+    return top1(lambda images: model.predict(images, mode, samples, text_features=text), test_loader, ctx, "test")
+
+
+@torch.no_grad()
+def zero_shot_accuracy(ctx: Context, classnames, template: str, test_loader) -> float:
+    """CLIP's zero-shot accuracy (%) with one hand-crafted prompt per class (e.g. 'a photo of a {}.')."""
+    with ctx.autocast():
+        text = ctx.clip.encode_text(ctx.tokenizer([template.format(c) for c in classnames]).to(ctx.device),
+                                    normalize=True)  # (C, D)
+    return top1(lambda images: ctx.clip.encode_image(images, normalize=True) @ text.T, test_loader, ctx, "zero-shot")
+
+
+# Opt-in protocol option (--cache-views V): the image tower is frozen and the feature-level noise
+# enters after it, so the features of V fixed augmented views per training image can be computed
+# once and reused by every epoch (and by every run in this process that trains on the same
+# images — other seeds, ablation variants). Each step then draws one of the V views per image.
+# With V views instead of a fresh augmentation every epoch this is a different protocol, never the default.
+VIEW_CACHE: dict = {}
+
+
+def view_features(model: pini.PiNI, items, transform, options, ctx: Context) -> torch.Tensor:
+    """(n, V, D) frozen image features of V augmented views of each training image (on the CPU)."""
+    key = (options.model, options.pretrained, options.cache_views)
+    missing = [item for item in items if (key, item.path) not in VIEW_CACHE]
+    if missing:
+        views = []
+        for view in range(options.cache_views):  # view v: augmentation seeded by v, the same for every run
+            batches = loader(missing, transform, options.test_batch_size, options.workers, seed=view)
+            with ctx.autocast():
+                views.append(torch.cat([model.encode_images(images.to(ctx.device)).float().cpu()
+                                        for images, _ in tqdm(batches, desc=f"caching view {view + 1}",
+                                                              leave=False, dynamic_ncols=True)]))
+        for item, features in zip(missing, torch.stack(views, dim=1)):
+            VIEW_CACHE[(key, item.path)] = features
+    return torch.stack([VIEW_CACHE[(key, item.path)] for item in items])
+
+
+def epoch_batches(model, items, options, ctx: Context):
+    """A function epoch_seed -> that epoch's batches of (images or None, features or None, labels):
+    augmented images from the loader, or (--cache-views) features of cached augmented views."""
+    if options.cache_views:
+        features = view_features(model, items, ctx.train_tf, options, ctx)  # (n, V, D)
+        labels = torch.tensor([item.label for item in items])
+        return lambda epoch_seed: cached_batches(features, labels, options.batch_size, epoch_seed)
+    train_loader = loader(items, ctx.train_tf, options.batch_size, options.workers, shuffle=True)
+
+    def image_batches(epoch_seed):
+        train_loader.generator.manual_seed(epoch_seed)
+        train_loader.dataset.set_epoch(epoch_seed)
+        return ((images, None, labels) for images, labels in train_loader)
+
+    return image_batches
+
+
+def cached_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
+    """Shuffled batches of (None, features of one random view per image, labels); as the image
+    loader, no ragged last batch when there is at least one full batch."""
+    generator = torch.Generator().manual_seed(seed)
+    n, views = features.shape[:2]
+    order = torch.randperm(n, generator=generator)
+    stop = n - n % batch_size if n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        index = order[start:start + batch_size]
+        view = torch.randint(views, (len(index),), generator=generator)
+        yield None, features[index, view], labels[index]
+
+
+def train_epoch(model, batches, optimizer, scaler, options, ctx: Context) -> dict:
+    """One pass over `batches` of (images or None, image features or None, labels)."""
+    model.train()
+    started, total_loss, correct, seen = time.time(), 0.0, 0, 0
+    for images, features, labels in batches:
+        images = images.to(ctx.device, non_blocking=True) if images is not None else None
+        features = features.to(ctx.device, non_blocking=True) if features is not None else None
+        labels = labels.to(ctx.device, non_blocking=True)
+        with ctx.autocast():
+            output = model(images, num_samples=options.noise_samples, image_features=features)
+            losses = pini.pini_objective(output, labels, options.ce_weight, options.kl_weight, options.prior_std)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.scale(losses["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            losses["loss"].backward()
+            optimizer.step()
+        loss = losses["loss"].item()
+        if not math.isfinite(loss):
+            raise UsageError("the loss became non-finite; try --precision fp32 or bf16, or a smaller --lr")
+        total_loss += loss * len(labels)
+        correct += (output.logits.argmax(-1) == labels).float().mean(0).sum().item()
+        seen += len(labels)
+    return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1),
+            "seconds": time.time() - started}
