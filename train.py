@@ -276,8 +276,6 @@ def test_and_record(model, job, options, ctx, path: Path, settings: dict, histor
               "short_classes": job.sample.short_classes if job.sample else {},
               "cache_views": options.cache_views, "device": str(ctx.device), "workers": options.workers,
               "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__}, **extra}
-    if job.split.source != "coop" and job.split.info.alias in datasets.DATASETS:
-        tqdm.write(f"warning: {job.split.info.name} uses a generated split, not CoOp's: not comparable with the paper")
     runs.write_record(path, record)
     plot_noise(model, test_loader, ctx.device, path.with_name("noise.png"))
     tqdm.write(f"{job.split.info.name} {job.shots}-shot seed {job.seed}: test accuracy {accuracy:.2f}%")

@@ -236,3 +236,12 @@ def test_a_dataloader_workers_error_is_unwrapped():
         wrapped.reraise()
     assert str(error.value).startswith("Caught DatasetError")
     assert train.one_line(error.value) == "cannot read image /data/x.jpg: truncated"
+
+
+def test_a_generated_split_is_announced_and_recorded(base_args, data_root, tmp_path, capsys):
+    (data_root / "caltech-101" / "split_zhou_Caltech101.json").unlink()  # images only: PiNI splits them
+    assert train.main(base_args + ["--epochs", "1"]) == 0
+    assert "not CoOp's split file" in capsys.readouterr().out
+    assert read_result(base_args)["settings"]["split"]["source"] == "generated"
+    assert (data_root / "caltech-101" / "split_pini_generated.json").is_file()
+    assert not (data_root / "caltech-101" / "split_zhou_Caltech101.json").exists()
