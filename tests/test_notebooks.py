@@ -1,4 +1,4 @@
-"""Every notebook runs from scratch on CPU; the exercises' checks fail until they are filled in."""
+"""Every notebook runs from scratch on CPU; the exercises' checks are shared and fail until solved."""
 import copy
 from pathlib import Path
 
@@ -8,7 +8,8 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 RUNNABLE = ["01_positive_incentive_noise", "02_from_information_to_loss", "03_injectors", "04_training",
-            "05_solutions"]
+            "05_solutions", "06_is_it_the_noise"]
+N_EXERCISES = 7
 
 
 def execute(name, allow_errors=False):
@@ -24,7 +25,7 @@ def execute(name, allow_errors=False):
 
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_notebook_runs_and_is_committed_with_outputs(name):
-    committed, executed = execute(name)  # raises CellExecutionError on any failing cell
+    committed, executed = execute(name)  # raises CellExecutionError on any failing cell (each asserts its claims)
     code = [c for c in committed.cells if c.cell_type == "code"]
     assert all(c.outputs or not _prints(c) for c in code), "committed without outputs: rerun and save it"
     assert committed.cells[0].cell_type == "markdown"  # the reasoning comes first
@@ -33,13 +34,25 @@ def test_notebook_runs_and_is_committed_with_outputs(name):
 
 
 def _prints(cell):
-    return "print(" in cell.source or "plt." in cell.source
+    return "print(" in cell.source or "plt." in cell.source or cell.source.startswith("# check")
+
+
+def check_cells(name):
+    cells = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4).cells
+    return [c.source for c in cells if c.cell_type == "code" and c.source.startswith("# check")]
+
+
+def test_exercise_and_solution_check_cells_are_identical():
+    exercises, solutions = check_cells("05_exercises"), check_cells("05_solutions")
+    assert len(exercises) == N_EXERCISES
+    assert exercises == solutions
 
 
 def test_exercise_checks_fail_until_solved():
     _, executed = execute("05_exercises", allow_errors=True)
     checks = [c for c in executed.cells if c.cell_type == "code" and c.source.startswith("# check")]
-    assert len(checks) == 3
+    assert len(checks) == N_EXERCISES
     for cell in checks:
         errors = [o for o in cell.outputs if o.output_type == "error"]
         assert errors and errors[0].ename == "NotImplementedError", cell.source.splitlines()[0]
+        assert not any(o.output_type == "stream" and "correct" in o.text for o in cell.outputs)

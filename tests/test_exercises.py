@@ -1,0 +1,231 @@
+"""The checks of notebook 05 fail on known wrong answers and pass on the worked solutions.
+
+The correct answers are the `# answer N` cells of notebooks/05_solutions.ipynb, executed here; each
+wrong answer is one small, realistic mistake (a detached σ, a detached KL, an off-by-one token span,
+a biased estimator, calling pini's own implementation, ...).
+"""
+import math
+import sys
+from pathlib import Path
+
+import nbformat
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+sys.path.insert(0, str(NOTEBOOKS))
+import exercise_checks as checks  # noqa: E402
+import pini  # noqa: E402
+
+TOKENIZER = open_clip.get_tokenizer("ViT-B-16")
+
+
+@pytest.fixture(scope="module")
+def solutions():
+    """The functions defined by the answer cells of 05_solutions (not the exercise-7 run)."""
+    namespace = {"torch": torch, "F": F, "math": math, "pini": pini, "checks": checks}
+    for cell in nbformat.read(NOTEBOOKS / "05_solutions.ipynb", as_version=4).cells:
+        if cell.cell_type == "code" and cell.source.startswith("# answer") and not cell.source.startswith("# answer 7"):
+            exec(cell.source, namespace)
+    return namespace
+
+
+def run_check(n, answers):
+    calls = {1: lambda: checks.check_1(answers["reparameterised_sample"]),
+             2: lambda: checks.check_2(answers["noise_span"], TOKENIZER),
+             3: lambda: checks.check_3(answers["entropy_terms"]),
+             4: lambda: checks.check_4(answers["kl_to_prior"]),
+             5: lambda: checks.check_5(answers["fit_noise"]),
+             6: lambda: checks.check_6(answers["score_function_grad"], answers["reparameterised_grad"]),
+             7: lambda: checks.check_7(answers["fit_noise"])}
+    calls[n]()
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_the_worked_solution_passes(n, solutions):
+    run_check(n, solutions)
+
+
+# --- the wrong answers, one mistake each ------------------------------------------------------
+
+def sample_sigma_detached(mu, sigma, K):
+    return mu + sigma.detach() * torch.randn(K, *mu.shape, dtype=mu.dtype)
+
+
+def sample_product_detached(mu, sigma, K):
+    return mu + (sigma * torch.randn(K, *mu.shape, dtype=mu.dtype)).detach()
+
+
+def sample_mu_detached(mu, sigma, K):
+    return mu.detach() + sigma * torch.randn(K, *mu.shape, dtype=mu.dtype)
+
+
+def sample_by_pini(mu, sigma, K):
+    return pini.Gaussian(mu, sigma).sample(K)
+
+
+def sample_variance_for_std(mu, sigma, K):
+    return mu + sigma**2 * torch.randn(K, *mu.shape, dtype=mu.dtype)
+
+
+def sample_uniform(mu, sigma, K):
+    return mu + sigma * torch.rand(K, *mu.shape, dtype=mu.dtype)
+
+
+def sample_one_z_for_all(mu, sigma, K):
+    return mu + sigma * torch.randn(1, *mu.shape, dtype=mu.dtype).expand(K, *mu.shape)
+
+
+def sample_reseeded(mu, sigma, K):
+    torch.manual_seed(0)
+    return mu + sigma * torch.randn(K, *mu.shape, dtype=mu.dtype)
+
+
+def span(offset_start=0, offset_end=0):
+    def noise_span(tokenizer, template, n_ctx=16):
+        end = int(tokenizer([" ".join(["X"] * n_ctx + [template])])[0].argmax())
+        return 1 + offset_start, end + offset_end
+    return noise_span
+
+
+def span_by_pini(tokenizer, template, n_ctx=16):
+    prompts = pini.build_prompts(tokenizer, ["a"], template, n_ctx)
+    return prompts.noise_start, prompts.noise_end
+
+
+def entropy_terms_posterior_hard_coded(joint, log_q):
+    """The bug of the old notebook 2: p(y | x, e) replaced by p(y | x)."""
+    p_xy = joint.sum(-1, keepdim=True)
+    log_p_y_given_x = (p_xy / p_xy.sum(1, keepdim=True)).log()
+    H = -(joint * log_p_y_given_x).sum()
+    cross_entropy = -(joint * log_q).sum()
+    return H, cross_entropy, (joint * (log_p_y_given_x - log_q)).sum()
+
+
+def entropy_terms_unweighted_kl(joint, log_q, solutions=None):
+    p_xe = joint.sum(1, keepdim=True)
+    posterior = joint / p_xe
+    H = -(joint * posterior.log()).sum()
+    kl = (posterior * (posterior.log() - log_q)).sum(1).mean()  # forgets the weights p(x, e)
+    return H, -(joint * log_q).sum(), kl
+
+
+def kl_detached(mu, sigma, s):
+    return (math.log(s) - sigma.log() + (sigma**2 + mu**2) / (2 * s**2) - 0.5).sum().detach()
+
+
+def kl_missing_half(mu, sigma, s):
+    return (math.log(s) - sigma.log() + (sigma**2 + mu**2) / (2 * s**2)).sum()
+
+
+def kl_sigma_for_variance(mu, sigma, s):
+    return (math.log(s) - sigma.log() + (sigma + mu**2) / (2 * s**2) - 0.5).sum()
+
+
+def kl_by_pini(mu, sigma, s):
+    return pini.gaussian_kl(pini.Gaussian(mu, sigma), s)
+
+
+def fit_noise_factory(sample, kl=None, ignore_beta=False, train_mu=True):
+    """The worked fit_noise with one part swapped for a wrong one."""
+    def fit_noise(x, y, logits_fn, sigma0=0.5, beta=0.0, prior_std=1.0, train_sigma=True, K=8, steps=300, lr=0.05):
+        mu = torch.zeros(x.shape[-1], requires_grad=True)
+        sigma = torch.full((x.shape[-1],), float(sigma0), requires_grad=True)
+        optimizer = torch.optim.Adam([mu, sigma] if train_mu else [sigma], lr=lr)
+        for _ in range(steps):
+            eps = sample(mu, sigma.abs(), K)
+            loss = F.cross_entropy(logits_fn(x.unsqueeze(0) + eps.unsqueeze(1)).flatten(0, 1), y.repeat(K))
+            if beta and not ignore_beta:
+                loss = loss + beta * kl(mu, sigma.abs().clamp_min(1e-8), prior_std)
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+        return mu.detach(), sigma.detach().abs()
+    return fit_noise
+
+
+def ignores_the_control(fit_noise):
+    def fit(x, y, logits_fn, sigma0=0.5, train_sigma=True, **kwargs):
+        return fit_noise(x, y, logits_fn, **kwargs)  # always learns σ from 0.5
+    return fit
+
+
+def score_function_wrong_factor(f, mu, sigma, K):
+    z = torch.randn(K, dtype=torch.float64)
+    values = f(mu + sigma * z).detach()
+    return (values * z).mean(), (values * (z**2 - 1)).mean()  # forgot the 1/σ of the scores
+
+
+def score_function_is_reparameterised(f, mu, sigma, K, solutions=None):
+    m = torch.tensor(float(mu), dtype=torch.float64, requires_grad=True)
+    s = torch.tensor(float(sigma), dtype=torch.float64, requires_grad=True)
+    out = f(m + s * torch.randn(K, dtype=torch.float64)).mean()
+    if not out.requires_grad:  # a step function: no gradient, a "zero" estimate
+        return torch.zeros(()), torch.zeros(())
+    return torch.autograd.grad(out, [m, s])
+
+
+def reparameterised_sigma_detached(f, mu, sigma, K):
+    m = torch.tensor(float(mu), dtype=torch.float64, requires_grad=True)
+    z = torch.randn(K, dtype=torch.float64)
+    return torch.autograd.grad(f(m + sigma * z).mean(), [m])[0], torch.zeros(())
+
+
+def reparameterised_by_pini(f, mu, sigma, K):
+    m = torch.tensor(float(mu), dtype=torch.float64, requires_grad=True)
+    s = torch.tensor(float(sigma), dtype=torch.float64, requires_grad=True)
+    return torch.autograd.grad(f(pini.Gaussian(m, s).sample(K)).mean(), [m, s])
+
+
+WRONG = {
+    1: {"σ detached": sample_sigma_detached, "σ·z detached": sample_product_detached, "μ detached": sample_mu_detached,
+        "calls pini": sample_by_pini, "σ² for σ": sample_variance_for_std, "uniform z": sample_uniform,
+        "one z for all K": sample_one_z_for_all, "reseeds": sample_reseeded},
+    2: {"includes SOS": span(offset_start=-1), "one token into the class name": span(offset_end=1),
+        "misses the last template token": span(offset_end=-1), "calls pini": span_by_pini},
+    3: {"posterior hard-coded to p(y|x)": entropy_terms_posterior_hard_coded, "KL unweighted": entropy_terms_unweighted_kl},
+    4: {"detached KL": kl_detached, "missing −1/2": kl_missing_half, "σ for σ²": kl_sigma_for_variance,
+        "calls pini": kl_by_pini},
+    6: {"score without 1/σ": score_function_wrong_factor, "score-function via f's gradient": score_function_is_reparameterised,
+        "reparameterised, σ detached": reparameterised_sigma_detached, "reparameterised via pini": reparameterised_by_pini},
+}
+CASES = [(n, name) for n, wrongs in WRONG.items() for name in wrongs]
+
+ANSWER_NAMES = {1: ["reparameterised_sample"], 2: ["noise_span"], 3: ["entropy_terms"], 4: ["kl_to_prior"]}
+
+
+@pytest.mark.parametrize("n, name", CASES, ids=[f"{n}-{name}" for n, name in CASES])
+def test_each_check_fails_a_wrong_answer(n, name, solutions):
+    answers = dict(solutions)
+    wrong = WRONG[n][name]
+    if n == 6:  # one of the two estimators is wrong, the other is the worked one
+        key = "score_function_grad" if name.startswith("score") else "reparameterised_grad"
+        answers[key] = wrong
+    else:
+        answers[ANSWER_NAMES[n][0]] = wrong
+    with pytest.raises((AssertionError, RuntimeError)):
+        run_check(n, answers)
+
+
+def test_exercise_5_and_7_fail_wrong_training(solutions):
+    right_sample, right_kl = solutions["reparameterised_sample"], solutions["kl_to_prior"]
+    wrong_fits = {
+        5: [fit_noise_factory(sample_sigma_detached, right_kl),            # σ never learns: stays at 0.5
+            fit_noise_factory(right_sample, right_kl, train_mu=False),      # μ never learns
+            fit_noise_factory(sample_by_pini, right_kl)],                   # pini's sampler
+        7: [fit_noise_factory(right_sample, kl_detached),                   # the KL has no gradient: β does nothing
+            fit_noise_factory(right_sample, right_kl, ignore_beta=True),    # β ignored
+            ignores_the_control(solutions["fit_noise"])],                   # σ0 and train_sigma ignored
+    }
+    for n, fits in wrong_fits.items():
+        for fit in fits:
+            with pytest.raises((AssertionError, RuntimeError)):
+                run_check(n, dict(solutions, fit_noise=fit))
+
+
+def test_pini_is_restored_after_a_check(solutions):
+    before = (pini.Gaussian.sample, pini.gaussian_kl, pini.build_prompts)
+    with pytest.raises(AssertionError):
+        run_check(4, dict(solutions, kl_to_prior=kl_missing_half))
+    assert (pini.Gaussian.sample, pini.gaussian_kl, pini.build_prompts) == before
+    assert pini.Gaussian(torch.zeros(2), torch.ones(2)).sample(3).shape == (3, 2)
