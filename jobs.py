@@ -97,7 +97,10 @@ def plan(args, checkpoint: Optional[dict]) -> list:
                     jobs.append(Job("zero-shot", split))
                     continue
                 jobs += [Job("train", split, shots, seed, variant, overrides, samples[seed]) for seed in args.seeds]
-    return jobs
+    unique = {}
+    for job in jobs:  # the ablation's zero-shot control is one job, whatever the shots
+        unique.setdefault((job.kind, job.run_dir(Path("."))), job)
+    return list(unique.values())
 
 
 def fetch_missing(names, data_root):
@@ -185,17 +188,53 @@ def training_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in ("inference", "inference_samples")}
 
 
-def reuse_or_run(path: Path, settings: dict, args, compute) -> dict:
-    """The finished run at `path` when its settings are these (and no --force), else compute it."""
-    if path.is_file() and not args.force:
-        record = runs.read_record(path)
-        changed = runs.differences(record.get("settings"), settings)
-        if not changed:
-            tqdm.write(f"skipping {path.parent}: already finished (--force reruns it)")
-            return record
+def reuse_or_run(path: Path, settings: dict, args, compute) -> Optional[dict]:
+    """The finished run at `path` when its settings are these, else claim the run (a lock, so
+    that processes sharing the output folder never train it twice) and compute it. None when
+    another live process holds the run. With --force, a result older than this call is redone."""
+    record = _finished(path, settings, args)
+    if record:
+        tqdm.write(f"skipping {path.parent}: already finished (--force reruns it)")
+        return record
+    busy = runs.acquire_lock(path.parent)
+    if busy:
+        tqdm.write(f"skipping {busy}")
+        return None
+    try:
+        return _finished(path, settings, args) or compute()  # another process may have just finished it
+    finally:
+        runs.release_lock(path.parent)
+
+
+def _finished(path: Path, settings: dict, args) -> Optional[dict]:
+    if not path.is_file() or (args.force and path.stat().st_mtime < args.started):
+        return None
+    record = runs.read_record(path)
+    changed = runs.differences(record.get("settings"), settings)
+    if changed:
         raise UsageError(f"{path.parent} holds a finished run with other settings ({'; '.join(changed[:4])}): "
                          "rerun with --force to replace it, or choose another --output-dir")
-    return compute()
+    return record
+
+
+def cost(job: Job, args) -> int:
+    """A job's estimated cost, classes × shots × epochs (a test pass: classes)."""
+    classes = len(job.split.classnames)
+    return classes * job.shots * job_options(job, args).epochs if job.kind == "train" else classes
+
+
+def shard(jobs: list, index: int, count: int, args) -> list:
+    """Shard `index` of `count` (0-based): the jobs this process runs. Shares are balanced by
+    estimated cost, not by count — longest first, each to the shard with the least cost so far,
+    ties broken by position — so every process, on any machine, computes the same partition."""
+    loads, owner = [0] * count, {}
+    for i in sorted(range(len(jobs)), key=lambda i: (-cost(jobs[i], args), i)):
+        least = min(range(count), key=lambda k: (loads[k], k))
+        owner[i], loads[least] = least, loads[least] + cost(jobs[i], args)
+    mine = [job for i, job in enumerate(jobs) if owner[i] == index]
+    tqdm.write(f"shard {index}/{count}: {len(mine)} of {len(jobs)} jobs, estimated cost {loads[index]:,} "
+               f"of {sum(loads):,}")
+    return mine
 
 
 def variant_name(options) -> str:

@@ -3,6 +3,7 @@
     summary_rows(records)              -> the accuracy table: dataset × shots, mean ± std over seeds
     write_summary(records, out)        -> summary.md, summary.csv, accuracy_vs_shots.png
     write_ablation(rows, folder, title)-> ablation.md, ablation.csv, ablation.png
+    write_reports(out, ablation, order)-> all of them, from every record in an output folder
     plot_noise(panels, path)           -> what the injectors learned (noise.png)
     plot_noise_maps(images, mu, sigma, kind, path) -> image, μ map, σ map (noise_maps.png)
 
@@ -14,6 +15,7 @@ A record is a dict as `train.py` writes it to result.json / eval.json: at least 
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 from pathlib import Path
 
@@ -21,6 +23,24 @@ import matplotlib
 
 matplotlib.use("Agg")  # write files, never open windows
 import matplotlib.pyplot as plt  # noqa: E402
+
+from runs import atomic_write, find_records  # noqa: E402  (every file whole or not at all: shards share the folder)
+
+
+def _write_text(path: Path, text: str):
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _write_csv(path: Path, rows):
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    _write_text(path, buffer.getvalue())
+
+
+def _save_figure(fig, path: Path):
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
 
 
 def mean_std(values) -> tuple:
@@ -73,15 +93,14 @@ def write_summary(records, out: Path, order=()) -> str:
     means = [[mean_std(row[c])[0] for row in cells.values() if c in row] for c in columns]
     rows.append([f"average ({len(cells)} datasets)"] + [f"{statistics.mean(m):.2f}" if m else "" for m in means])
     table = _markdown(header, rows)
-    (out / "summary.md").write_text("Top-1 test accuracy (%), mean ± std over seeds.\n\n" + table + "\n")
-    with open(out / "summary.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["dataset", "shots", "mean", "std", "n_seeds"])
-        for name, row in cells.items():
-            for c in columns:
-                if row.get(c):
-                    mean, std = mean_std(row[c])
-                    writer.writerow([name, 0 if c == "zero-shot" else c, f"{mean:.4f}", f"{std:.4f}", len(row[c])])
+    _write_text(out / "summary.md", "Top-1 test accuracy (%), mean ± std over seeds.\n\n" + table + "\n")
+    csv_rows = [["dataset", "shots", "mean", "std", "n_seeds"]]
+    for name, row in cells.items():
+        for c in columns:
+            if row.get(c):
+                mean, std = mean_std(row[c])
+                csv_rows.append([name, 0 if c == "zero-shot" else c, f"{mean:.4f}", f"{std:.4f}", len(row[c])])
+    _write_csv(out / "summary.csv", csv_rows)
     _plot_accuracy_vs_shots(cells, columns, out / "accuracy_vs_shots.png")
     return table
 
@@ -105,31 +124,27 @@ def _plot_accuracy_vs_shots(cells, columns, path: Path):
     ax.set_title("PiNI few-shot accuracy (dotted: zero-shot CLIP)")
     if any(not line.get_label().startswith("_") for line in ax.get_lines()):
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def write_ablation(rows, folder: Path, title: str) -> str:
     """rows: [(variant, [records over seeds])] -> ablation.md, ablation.csv, ablation.png in `folder`.
     A variant with no records is shown as not applicable (the patch injector on a ResNet tower)."""
     header = ["variant", "accuracy (%)", "trainable parameters", "training time (s)"]
-    lines = []
-    with open(folder / "ablation.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["variant", "mean", "std", "n_seeds", "trainable_parameters", "train_seconds"])
-        for variant, records in rows:
-            records = unique_runs(records)
-            if not records:
-                lines.append([variant, "n/a (needs a ViT image tower)", "", ""])
-                continue
-            mean, std = mean_std(r["accuracy"] for r in records)
-            params = records[0].get("trainable_parameters", 0)
-            seconds = statistics.mean(r.get("train_seconds", 0.0) for r in records)
-            lines.append([variant, f"{mean:.2f} ± {std:.2f}", f"{params:,}", f"{seconds:.1f}"])
-            writer.writerow([variant, f"{mean:.4f}", f"{std:.4f}", len(records), params, f"{seconds:.2f}"])
+    lines, csv_rows = [], [["variant", "mean", "std", "n_seeds", "trainable_parameters", "train_seconds"]]
+    for variant, records in rows:
+        records = unique_runs(records)
+        if not records:
+            lines.append([variant, "n/a (needs a ViT image tower)", "", ""])
+            continue
+        mean, std = mean_std(r["accuracy"] for r in records)
+        params = records[0].get("trainable_parameters", 0)
+        seconds = statistics.mean(r.get("train_seconds", 0.0) for r in records)
+        lines.append([variant, f"{mean:.2f} ± {std:.2f}", f"{params:,}", f"{seconds:.1f}"])
+        csv_rows.append([variant, f"{mean:.4f}", f"{std:.4f}", len(records), params, f"{seconds:.2f}"])
+    _write_csv(folder / "ablation.csv", csv_rows)
     table = _markdown(header, lines)
-    (folder / "ablation.md").write_text(f"{title}: top-1 test accuracy, mean ± std over seeds.\n\n{table}\n")
+    _write_text(folder / "ablation.md", f"{title}: top-1 test accuracy, mean ± std over seeds.\n\n{table}\n")
     measured = [(v, [r["accuracy"] for r in unique_runs(records)]) for v, records in rows if records]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(measured) + 1.2))
     ax.barh([v for v, _ in measured], [mean_std(a)[0] for _, a in measured],
@@ -137,10 +152,28 @@ def write_ablation(rows, folder: Path, title: str) -> str:
     ax.invert_yaxis()
     ax.set_xlabel("test accuracy (%)")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(folder / "ablation.png", dpi=100)
-    plt.close(fig)
+    _save_figure(fig, folder / "ablation.png")
     return table
+
+
+def write_reports(out: Path, ablation, order=()):
+    """Every summary and ablation table in the output folder, rebuilt from its records alone
+    (`--summarize`, and the end of every call). `ablation`: [(variant name, overrides or None for
+    the zero-shot control)], the rows of an ablation table in order; `order`: dataset names."""
+    records = find_records(out)
+    tables = {}  # <alias>/shots_<k> -> (dataset, shots)
+    for r in records:
+        if r.get("ablation") and r["shots"]:
+            tables.setdefault(Path(*Path(r["record_path"]).parts[:2]), (r["dataset"], r["shots"]))
+    for folder, (name, shots) in sorted(tables.items()):
+        mine = [r for r in records if r["dataset"] == name]
+        rows = [(variant, [r for r in mine if r["kind"] == "zero-shot"] if overrides is None else
+                 [r for r in mine if r.get("ablation") == variant and r["shots"] == shots])
+                for variant, overrides in ablation]
+        seeds = sorted({r["seed"] for _, rs in rows for r in rs if r["shots"]})
+        print(write_ablation(rows, out / folder, f"{name}, {shots} shots, seeds {' '.join(map(str, seeds))}"))
+    default = ablation[0][0]  # the default PiNI's ablation row is the same run as a plain call's
+    print(write_summary([r for r in records if r.get("ablation", "") in ("", default)], out, order))
 
 
 # -----------------------------------------------------------------------------------------
@@ -169,9 +202,7 @@ def plot_noise(panels: dict, path: Path):
             ax.set_ylabel("count")
             ax.set_title(f"image noise ({kind})")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def plot_noise_maps(images, mu_map, sigma_map, kind: str, path: Path):
@@ -190,6 +221,4 @@ def plot_noise_maps(images, mu_map, sigma_map, kind: str, path: Path):
             axes[row, col].set_title(f"{title} per {unit}")
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)

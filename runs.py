@@ -19,7 +19,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -53,7 +56,7 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _atomic_write(path: Path, write):
+def atomic_write(path: Path, write):
     """Call write(temporary path), then rename it over `path` (atomic on one filesystem)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -67,7 +70,7 @@ def _atomic_write(path: Path, write):
 
 
 def write_record(path: Path, record: dict):
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(plain(record), indent=1)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(plain(record), indent=1)))
 
 
 def read_record(path: Path) -> dict:
@@ -97,7 +100,7 @@ def save_checkpoint(path: Path, state: dict):
     if bad:
         raise UsageError(f"the injectors became non-finite ({', '.join(bad[:3])}); nothing was saved. "
                        "Try a smaller --lr, or --precision fp32")
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -117,3 +120,90 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             and isinstance(meta, dict) and isinstance(meta.get("settings"), dict)):
         raise UsageError(f"{refused} (it lacks the injectors or the run settings)")
     return state
+
+
+# -----------------------------------------------------------------------------------------
+# Locks: many processes, on many machines, sharing one output folder
+# -----------------------------------------------------------------------------------------
+
+LOCK = ".lock"
+STALE_AFTER = 2 * 3600  # seconds without a heartbeat after which another machine's lock is dead
+
+
+def _lock_holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(holder: dict, path: Path) -> bool:
+    """Whether the process that wrote this lock may still be running. On this machine its pid
+    says so; for another machine, a heartbeat (the lock's mtime) within STALE_AFTER does."""
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError, OverflowError):
+            return True  # exists but not ours, or unreadable: assume alive
+        return True
+    try:
+        return time.time() - path.stat().st_mtime < STALE_AFTER
+    except OSError:
+        return False
+
+
+def acquire_lock(run_dir: Path):
+    """Claim a run for this process: create run_dir/.lock atomically (O_EXCL), holding host, pid
+    and start time. Returns None when claimed, else a line saying who holds it. A lock left by a
+    dead process is taken over, with a message."""
+    path = Path(run_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if _alive(holder, path):
+                return f"{run_dir} is being trained by {holder.get('host')}:{holder.get('pid')} since {holder.get('started')}"
+            if _remove_stale(path, holder):
+                print(f"taking over {run_dir}: its lock was left by {holder.get('host')}:{holder.get('pid')}, "
+                      "which is no longer running")
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return None
+    return f"{run_dir}: could not claim its lock; another process is taking it over"
+
+
+def _remove_stale(path: Path, holder: dict) -> bool:
+    """Move a dead process's lock aside — only that one: if another process replaced it in the
+    meantime, put theirs back."""
+    tomb = path.with_name(f"{LOCK}.stale-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, tomb)
+    except FileNotFoundError:
+        return False
+    if _lock_holder(tomb) != holder:
+        try:
+            os.link(tomb, path)  # restore: fails if yet another process has locked meanwhile
+        except FileExistsError:
+            pass
+        tomb.unlink(missing_ok=True)
+        return False
+    tomb.unlink(missing_ok=True)
+    return True
+
+
+def heartbeat(run_dir: Path):
+    """Tell other machines this run is alive (a long epoch must not look like a dead process)."""
+    try:
+        os.utime(Path(run_dir) / LOCK)
+    except OSError:
+        pass
+
+
+def release_lock(run_dir: Path):
+    (Path(run_dir) / LOCK).unlink(missing_ok=True)

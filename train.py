@@ -22,6 +22,7 @@ import argparse
 import math
 import os
 import random
+import socket
 import sys
 import time
 from pathlib import Path
@@ -32,11 +33,12 @@ from tqdm import tqdm
 
 import datasets
 import pini
+import published
 import report
 import runs
 from epochs import (Context, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_precision,
                     train_epoch, writable_output, zero_shot_accuracy)
-from jobs import (ABLATION, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of,
+from jobs import (ABLATION, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of, shard,
                   training_settings, variant_name)
 from runs import CHECKPOINT, EVAL_RESULT, RESULT, UsageError
 
@@ -65,12 +67,24 @@ positive = _number(float, 0.0, False, "a finite number > 0")
 non_negative = _number(float, 0.0, True, "a finite number ≥ 0")
 
 
+def shard_spec(text: str) -> tuple:
+    """'I/N' -> (I, N), 0 ≤ I < N (SLURM: $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"must be I/N with 0 ≤ I < N (e.g. 0/4 ... 3/4), not {text!r}")
+    return index, count
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     for add_options in (_data_options, _model_options, _objective_options, _optimisation_options, _run_options):
         add_options(p)
     args = p.parse_args(argv)
+    args.started = time.time()  # results older than this call are what --force replaces
     for problem in _inconsistencies(args):
         p.error(problem)
     for name in ("seeds", "shots"):
@@ -164,6 +178,11 @@ def _run_options(p):
     run.add_argument("--checkpoint", help="checkpoint.pt of a trained run, for --eval-only")
     run.add_argument("--transfer", action="store_true",
                      help="with --eval-only: allow a dataset whose classes differ from the checkpoint's")
+    run.add_argument("--shard", type=shard_spec, metavar="I/N",
+                     help="run only share I of N (0-based) of this call's jobs, balanced by estimated cost; "
+                          "any number of processes may share one --output-dir")
+    run.add_argument("--summarize", action="store_true",
+                     help="only rebuild every summary and ablation table from the results in --output-dir")
 
 
 def _inconsistencies(args) -> list:
@@ -260,6 +279,7 @@ def train(model, job, options, ctx, optimizer, scheduler, scaler, history: list,
         tqdm.write(f"epoch {epoch + 1}/{options.epochs}  loss {stats['loss']:.4f}  train acc {stats['acc']:.1f}%  "
                    f"lr {stats['lr']:.2e}  {stats['seconds']:.1f}s")
         save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, epoch, history, meta)
+        runs.heartbeat(checkpoint.parent)  # this run is alive: other machines leave it alone
 
 
 def test_and_record(model, job, options, ctx, path: Path, settings: dict, history: list, **extra) -> dict:
@@ -275,6 +295,7 @@ def test_and_record(model, job, options, ctx, path: Path, settings: dict, histor
               "sample": job.sample.record() if job.sample else None,
               "short_classes": job.sample.short_classes if job.sample else {},
               "cache_views": options.cache_views, "device": str(ctx.device), "workers": options.workers,
+              "host": socket.gethostname(), "pid": os.getpid(),
               "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__}, **extra}
     runs.write_record(path, record)
     plot_noise(model, test_loader, ctx.device, path.with_name("noise.png"))
@@ -295,15 +316,21 @@ def run_eval(job: Job, args, ctx: Context, run_dir: Path, checkpoint: dict) -> d
 
 
 def run_zero_shot(job: Job, args, ctx: Context, run_dir: Path) -> dict:
+    """Frozen CLIP with the dataset's hand-crafted prompt — and the set-up check: the published
+    zero-shot accuracy of the same model, prompt and split, when there is one (published.py)."""
     split = job.split
     test_loader = loader(split.test, ctx.eval_tf, args.test_batch_size, args.workers)
     accuracy = zero_shot_accuracy(ctx, split.classnames, split.info.zero_shot, test_loader)
+    found = published.published_zero_shot(args.model, args.pretrained, split.info.name)
+    check, warn = published.setup_check(accuracy, args.model, args.pretrained, split.info.name)
     record = {"kind": "zero-shot", "dataset": split.info.name, "shots": 0, "seed": 0, "variant": "zero-shot CLIP",
               "ablation": "", "accuracy": accuracy, "settings": settings_of(job, args, ctx.precision),
               "template": split.info.zero_shot, "model": args.model, "n_test": len(split.test),
-              "trainable_parameters": 0}
+              "trainable_parameters": 0, "published_accuracy": found[0] if found else None,
+              "published_source": found[1] if found else None}
     runs.write_record(run_dir / RESULT, record)
     tqdm.write(f"{split.info.name} zero-shot: test accuracy {accuracy:.2f}%")
+    tqdm.write(("warning: " if warn else "  ") + check)
     return record
 
 
@@ -372,45 +399,32 @@ def plot_noise(model: pini.PiNI, test_loader, device, path: Path):
 
 def run(args) -> list:
     out = writable_output(Path(args.output_dir))
+    if args.summarize:  # no model, no data: tables from the records alone
+        report.write_reports(out, ABLATION, [datasets.DATASETS[a].name for a in datasets.BENCHMARK])
+        return []
     device = pick_device(args.device)
     precision = resolve_precision(args.precision, device)
     checkpoint = runs.load_checkpoint(args.checkpoint, device) if args.eval_only else None
     jobs = plan(args, checkpoint)  # data problems first: cheap
+    if args.shard:
+        jobs = shard(jobs, *args.shard, args)
     check_images(jobs, args)
     torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
     ctx = Context(*pini.load_clip(args.model, args.pretrained, device), device=device, precision=precision)
 
     results = []
     for job in jobs:
-        run_dir = job.run_dir(Path(args.output_dir))
+        run_dir = job.run_dir(out)
         if job.kind == "train" and not pini.fits(ctx.clip, job_options(job, args).image_noise):
             continue  # the patch injector needs a ViT: its ablation row says n/a
         if job.kind == "eval":
             results.append(run_eval(job, args, ctx, run_dir, checkpoint))
-        elif job.kind == "zero-shot":
-            results.append(reuse_or_run(run_dir / RESULT, settings_of(job, args, precision), args,
-                                        lambda: run_zero_shot(job, args, ctx, run_dir)))
-        else:
-            results.append(reuse_or_run(run_dir / RESULT, settings_of(job, args, precision), args,
-                                        lambda: run_training(job, args, ctx, run_dir)))
-    write_reports(jobs, out)
-    return results
-
-
-def write_reports(jobs, out: Path):
-    """Summary and ablation tables, rebuilt from every record in the output folder."""
-    records = runs.find_records(out)
-    for alias, name, shots in dict.fromkeys((j.split.info.alias, j.split.info.name, j.shots)
-                                            for j in jobs if j.ablation):
-        mine = [r for r in records if r["dataset"] == name]
-        rows = [(variant, [r for r in mine if r["kind"] == "zero-shot"] if overrides is None else
-                 [r for r in mine if r.get("ablation") == variant and r["shots"] == shots])
-                for variant, overrides in ABLATION]
-        seeds = sorted({r["seed"] for _, rs in rows for r in rs if r["shots"]})
-        title = f"{name}, {shots} shots, seeds {' '.join(map(str, seeds))}"
-        print(report.write_ablation(rows, out / alias / f"shots_{shots}", title))
-    main_records = [r for r in records if r.get("ablation", "") in ("", ABLATION[0][0])]
-    print(report.write_summary(main_records, out, [datasets.DATASETS[a].name for a in datasets.BENCHMARK]))
+            continue
+        compute = run_zero_shot if job.kind == "zero-shot" else run_training
+        results.append(reuse_or_run(run_dir / RESULT, settings_of(job, args, precision), args,
+                                    lambda: compute(job, args, ctx, run_dir)))
+    report.write_reports(out, ABLATION, [datasets.DATASETS[a].name for a in datasets.BENCHMARK])
+    return [r for r in results if r is not None]
 
 
 def one_line(error: BaseException) -> str:

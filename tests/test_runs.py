@@ -245,3 +245,17 @@ def test_a_generated_split_is_announced_and_recorded(base_args, data_root, tmp_p
     assert read_result(base_args)["settings"]["split"]["source"] == "generated"
     assert (data_root / "caltech-101" / "split_pini_generated.json").is_file()
     assert not (data_root / "caltech-101" / "split_zhou_Caltech101.json").exists()
+
+
+def test_zero_shot_prints_the_published_number_and_warns_on_a_gap(base_args, monkeypatch, capsys, tmp_path):
+    zero_shot = base_args[:-2] + ["--zero-shot"]
+    assert train.main(zero_shot) == 0
+    assert "no published zero-shot number" in capsys.readouterr().out
+    model = base_args[base_args.index("--model") + 1]
+    monkeypatch.setitem(train.published.ZERO_SHOT, (train.published.model_key(model), "none", "Caltech101"),
+                        (101.0, "a test table"))  # no measurement can reach it: a gap of more than 1 point
+    assert train.main(zero_shot + ["--output-dir", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: published: 101.00%" in out and "a test table" in out
+    record = json.loads((tmp_path / "again/caltech101/zero_shot/result.json").read_text())
+    assert record["published_accuracy"] == 101.0 and record["published_source"] == "a test table"
