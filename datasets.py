@@ -23,9 +23,11 @@ This module knows nothing of models: transforms are passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -912,6 +914,38 @@ def _by_label(items) -> list:
 # -----------------------------------------------------------------------------------------
 # Checking images up front
 # -----------------------------------------------------------------------------------------
+
+# -----------------------------------------------------------------------------------------
+# Base-to-new: half the classes for training, the other half unseen
+# -----------------------------------------------------------------------------------------
+
+HALVES = ("base", "new")
+
+
+def class_half(split: Split, sample: Optional[FewShot], half: str):
+    """(split, few-shot sample) cut to the base or the new classes, by CoCoOp's rule (its
+    `subsample_classes`): the labels present in the training list, sorted; the first ceil(n/2)
+    are the base classes, the rest the new ones; the chosen half is relabelled 0, 1, ... in that
+    order in every list. As in CoCoOp, the sample is drawn over all classes first — it is the
+    few-shot protocol's own sample — and then cut."""
+    if half not in HALVES:
+        raise DatasetError(f"half must be one of {HALVES}, not {half!r}")
+    labels = sorted({item.label for item in (sample.train if sample else split.train)})
+    m = math.ceil(len(labels) / 2)
+    relabel = {old: new for new, old in enumerate(labels[:m] if half == "base" else labels[m:])}
+
+    def cut(items):
+        return [dataclasses.replace(item, label=relabel[item.label]) for item in items if item.label in relabel]
+
+    names = [split.classnames[old] for old in relabel]
+    part = dataclasses.replace(split, train=cut(split.train), val=cut(split.val), test=cut(split.test),
+                               classnames=names, fingerprint=f"{split.fingerprint}:{half}")
+    if sample:
+        sample = dataclasses.replace(sample, train=cut(sample.train), val=cut(sample.val),
+                                     fingerprint=f"{sample.fingerprint}:{half}",
+                                     short_classes={n: k for n, k in sample.short_classes.items() if n in names})
+    return part, sample
+
 
 def check_files(items, name: str = "dataset"):
     """Fail early, with the count and the first paths, when images the split names are absent."""

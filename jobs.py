@@ -53,9 +53,11 @@ class Job:
     ablation: str = ""  # the ABLATION row this job belongs to, "" outside --ablation
     overrides: dict = field(default_factory=dict)  # the variant's changes to the command line
     sample: Optional[datasets.FewShot] = None
+    protocol: str = "few-shot"
+    new_split: Optional[datasets.Split] = None  # base2new: the unseen classes, tested after training
 
     def run_dir(self, out: Path) -> Path:
-        folder = out / self.split.info.alias
+        folder = out / self.split.info.alias / ("" if self.protocol == "few-shot" else self.protocol)
         if self.kind == "zero-shot":
             return folder / "zero_shot"
         folder = folder / f"shots_{self.shots}"
@@ -85,6 +87,8 @@ def plan(args, checkpoint: Optional[dict]) -> list:
         if split.info.test_only and not args.zero_shot:
             raise UsageError(f"{split.info.name} is a test-only set: evaluate a model trained on ImageNet with "
                              f"--eval-only --checkpoint runs/imagenet/shots_16/seed_1/checkpoint.pt, or use --zero-shot")
+    if args.protocol == "base2new":
+        return base_to_new_jobs(splits, args)
     if args.zero_shot:
         return [Job("zero-shot", split) for split in splits]
     jobs = []
@@ -101,6 +105,22 @@ def plan(args, checkpoint: Optional[dict]) -> list:
     for job in jobs:  # the ablation's zero-shot control is one job, whatever the shots
         unique.setdefault((job.kind, job.run_dir(Path("."))), job)
     return list(unique.values())
+
+
+def base_to_new_jobs(splits, args) -> list:
+    """Train on the base half of each dataset's classes, test on base and on new (CoCoOp's protocol);
+    a zero-shot CLIP job for the same two halves."""
+    jobs = []
+    for split in splits:
+        halves = [datasets.class_half(split, None, half)[0] for half in datasets.HALVES]
+        jobs.append(Job("zero-shot", halves[0], protocol="base2new", new_split=halves[1]))
+        for shots in ([] if args.zero_shot else args.shots):
+            for seed in args.seeds:
+                sample = datasets.few_shot(split, shots, seed)
+                base, base_sample = datasets.class_half(split, sample, "base")
+                jobs.append(Job("train", base, shots, seed, sample=base_sample, protocol="base2new",
+                                new_split=datasets.class_half(split, sample, "new")[0]))
+    return jobs
 
 
 def fetch_missing(names, data_root):
@@ -167,7 +187,8 @@ def job_options(job: Job, args) -> argparse.Namespace:
 def settings_of(job: Job, args, precision: str) -> dict:
     """Everything that determines a job's result, as plain values."""
     split, options = job.split, job_options(job, args)
-    common = {"kind": job.kind, "dataset": split.info.name, "classnames": split.classnames,
+    common = {"kind": job.kind, "protocol": job.protocol, "dataset": split.info.name, "classnames": split.classnames,
+              "new_classnames": job.new_split.classnames if job.new_split else None,
               "split": {"source": split.source, "fingerprint": split.fingerprint},
               "model": options.model, "pretrained": options.pretrained, "precision": precision}
     if job.kind == "zero-shot":

@@ -160,7 +160,11 @@ def write_reports(out: Path, ablation, order=()):
     """Every summary and ablation table in the output folder, rebuilt from its records alone
     (`--summarize`, and the end of every call). `ablation`: [(variant name, overrides or None for
     the zero-shot control)], the rows of an ablation table in order; `order`: dataset names."""
-    records = find_records(out)
+    everything = find_records(out)
+    records = [r for r in everything if r.get("protocol", "few-shot") == "few-shot"]
+    base2new = [r for r in everything if r.get("protocol") == "base2new"]
+    if base2new:
+        print(write_base_to_new(base2new, out, order))
     tables = {}  # <alias>/shots_<k> -> (dataset, shots)
     for r in records:
         if r.get("ablation") and r["shots"]:
@@ -174,6 +178,61 @@ def write_reports(out: Path, ablation, order=()):
         print(write_ablation(rows, out / folder, f"{name}, {shots} shots, seeds {' '.join(map(str, seeds))}"))
     default = ablation[0][0]  # the default PiNI's ablation row is the same run as a plain call's
     print(write_summary([r for r in records if r.get("ablation", "") in ("", default)], out, order))
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """H = 2·base·new / (base + new), the base-to-new protocol's summary (CoCoOp)."""
+    return 2 * base * new / (base + new) if base + new else 0.0
+
+
+def write_base_to_new(records, out: Path, order=()) -> str:
+    """Base-to-new (CoCoOp's protocol): per dataset, base and new accuracy (mean ± std over seeds)
+    and their harmonic mean H, for zero-shot CLIP and PiNI, and the average over datasets (H of
+    the averages, as CoCoOp reports it). base2new.md, base2new.csv, base2new.png."""
+    methods = {"zero-shot CLIP": [r for r in records if r["kind"] == "zero-shot"],
+               "PiNI": [r for r in unique_runs(records) if r["kind"] == "train"]}
+    rank = {name: i for i, name in enumerate(order)}
+    names = sorted({r["dataset"] for r in records}, key=lambda n: (rank.get(n, len(rank)), n))
+    header, rows, csv_rows = ["dataset"], [], [["dataset", "method", "base", "base_std", "new", "new_std", "H", "n_seeds"]]
+    for method in methods:
+        header += [f"{method} base", "new", "H"]
+    means = {method: [] for method in methods}
+    for name in names:
+        row = [name]
+        for method, found in methods.items():
+            runs_ = [r for r in found if r["dataset"] == name]
+            if not runs_:
+                row += ["", "", ""]
+                continue
+            (base, base_std), (new, new_std) = mean_std(r["accuracy"] for r in runs_), mean_std(r["accuracy_new"] for r in runs_)
+            means[method].append((base, new))
+            row += [f"{base:.2f} ± {base_std:.2f}", f"{new:.2f} ± {new_std:.2f}", f"{harmonic_mean(base, new):.2f}"]
+            csv_rows.append([name, method, f"{base:.4f}", f"{base_std:.4f}", f"{new:.4f}", f"{new_std:.4f}",
+                             f"{harmonic_mean(base, new):.4f}", len(runs_)])
+        rows.append(row)
+    average = [f"average ({len(names)} datasets)"]
+    for method in methods:
+        if means[method]:
+            base, new = (statistics.mean(v) for v in zip(*means[method]))
+            average += [f"{base:.2f}", f"{new:.2f}", f"{harmonic_mean(base, new):.2f}"]
+        else:
+            average += ["", "", ""]
+    table = _markdown(header, rows + [average])
+    _write_text(out / "base2new.md", "Base-to-new generalisation (CoCoOp's protocol): trained on the base half of "
+                "each dataset's classes, tested on base and on the unseen new half; top-1 accuracy (%), mean ± std "
+                "over seeds; H = harmonic mean of base and new.\n\n" + table + "\n")
+    _write_csv(out / "base2new.csv", csv_rows)
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names)), 3.5))
+    for k, (method, found) in enumerate(methods.items()):
+        hs = [harmonic_mean(*(mean_std(r[key] for r in found if r["dataset"] == n)[0] for key in ("accuracy", "accuracy_new")))
+              if any(r["dataset"] == n for r in found) else 0.0 for n in names]
+        ax.bar([i + 0.4 * k for i in range(len(names))], hs, width=0.4, label=method)
+    ax.set_xticks([i + 0.2 for i in range(len(names))], names, rotation=30, ha="right")
+    ax.set_ylabel("H (%)")
+    ax.set_title("base-to-new: harmonic mean of base and new accuracy")
+    ax.legend(fontsize=7)
+    _save_figure(fig, out / "base2new.png")
+    return table
 
 
 # -----------------------------------------------------------------------------------------

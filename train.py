@@ -4,6 +4,8 @@
     python train.py --dataset all --shots 1 2 4 8 16 --seeds 1 2 3      # the paper's tables
     python train.py --dataset caltech101 --zero-shot                     # the CLIP baseline
     python train.py --dataset path/to/my_images --shots 4                # your own data
+    python train.py --dataset all --protocol base2new --seeds 1 2 3      # base-to-new (CoCoOp)
+    python train.py --dataset all --shots 16 --shard 0/8                 # one of 8 shares; then --summarize
 
 Defaults reproduce the authors' protocol: ViT-B/16 with OpenAI weights, SGD (momentum 0.9,
 weight decay 5e-4) lr 1e-3, 100 epochs, cosine schedule after 1 warm-up epoch at 1e-5,
@@ -18,7 +20,6 @@ files, every image, a checkpoint) is checked before the model loads.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
@@ -32,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 import datasets
+import options
 import pini
 import published
 import report
@@ -43,163 +45,8 @@ from jobs import (ABLATION, Job, check_images, dataset_arg, job_options, plan, r
 from runs import CHECKPOINT, EVAL_RESULT, RESULT, UsageError
 
 
-
-# -----------------------------------------------------------------------------------------
-# Command line
-# -----------------------------------------------------------------------------------------
-
-def _number(kind, low, low_ok: bool, what: str):
-    """An argparse type: a finite `kind` number above `low` (or equal to it when low_ok)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value < low or (value == low and not low_ok):
-            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
-        return value
-    return parse
-
-
-positive_int = _number(int, 1, True, "a positive integer (e.g. 1 2 4 8 16)")
-count = _number(int, 0, True, "an integer ≥ 0")
-positive = _number(float, 0.0, False, "a finite number > 0")
-non_negative = _number(float, 0.0, True, "a finite number ≥ 0")
-
-
-def shard_spec(text: str) -> tuple:
-    """'I/N' -> (I, N), 0 ≤ I < N (SLURM: $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        index, count = -1, 0
-    if not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"must be I/N with 0 ≤ I < N (e.g. 0/4 ... 3/4), not {text!r}")
-    return index, count
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    for add_options in (_data_options, _model_options, _objective_options, _optimisation_options, _run_options):
-        add_options(p)
-    args = p.parse_args(argv)
-    args.started = time.time()  # results older than this call are what --force replaces
-    for problem in _inconsistencies(args):
-        p.error(problem)
-    for name in ("seeds", "shots"):
-        values = getattr(args, name)
-        if len(set(values)) < len(values):
-            print(f"warning: --{name} {' '.join(map(str, values))} repeats values; each is run and counted once",
-                  file=sys.stderr)
-            setattr(args, name, list(dict.fromkeys(values)))
-    return args
-
-
-def _data_options(p):
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", nargs="+",
-                      help=f"one or more of {', '.join(datasets.DATASETS)}; 'all' for the 11 benchmark "
-                           "datasets; or the path of a folder with one sub-folder per class (default: "
-                           "caltech101, or with --eval-only the checkpoint's dataset)")
-    data.add_argument("--shots", nargs="+", type=positive_int, default=[16], help="images per class (1 2 4 8 16)")
-    data.add_argument("--seeds", "--seed", nargs="+", type=int, default=[1], help="few-shot sample and training seeds")
-    data.add_argument("--data-root", default=datasets.default_data_root(),
-                      help="folder holding the datasets in CoOp's layout (default: $PINI_DATA or ./data)")
-    data.add_argument("--download", action="store_true",
-                      help="first download the datasets that are missing (see python datasets.py download -h)")
-    data.add_argument("--workers", type=count, default=min(8, os.cpu_count() or 1),
-                      help="data-loading processes (results do not depend on it)")
-
-
-def _model_options(p):
-    model = p.add_argument_group("model")
-    model.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json path")
-    model.add_argument("--pretrained", default="openai",
-                       help="open_clip pretrained tag, local checkpoint file, or 'none' (random weights)")
-    model.add_argument("--text-noise", choices=pini.TEXT_NOISE, default="tokens",
-                       help="where text noise enters: the prompt's context-token embeddings (the paper's "
-                            "PiNI), each class's text feature, or nowhere")
-    model.add_argument("--text-generator", choices=pini.TEXT_GENERATORS, default="free",
-                       help="free μ, σ (authors' code) or an MLP conditioned on the class text features")
-    model.add_argument("--image-noise", choices=pini.IMAGE_NOISE, default="cross-attention",
-                       help="image injector: cross-attention from the image feature to the class texts (the "
-                            "paper's PiNI), per-patch cross-attention, an MLP on the image feature, a CNN on "
-                            "pixels, or none")
-    model.add_argument("--control", choices=pini.CONTROLS, default="none",
-                       help="controls: σ fixed at 0 (a learned shift) or μ fixed at 0 (pure noise)")
-    model.add_argument("--n-ctx", type=count, default=16, help="placeholder context tokens before the template")
-    model.add_argument("--reduction", type=positive_int, default=1, help="image injector hidden size = D / reduction")
-    model.add_argument("--pixel-level", type=non_negative, default=0.1, help="RMS strength of pixel noise")
-
-
-def _objective_options(p):
-    objective = p.add_argument_group("objective (see pini.pini_objective)")
-    objective.add_argument("--noise-samples", type=positive_int, default=1, help="K Monte-Carlo noise samples")
-    objective.add_argument("--ce-weight", type=non_negative, default=1.0, help="weight of the cross-entropy bound")
-    objective.add_argument("--kl-weight", type=non_negative, default=0.0,
-                           help="β, weight of KL(p_θ(ε) ‖ N(0, s²I)); 0 = the authors' code")
-    objective.add_argument("--prior-std", type=positive, default=1.0, help="s, the prior's standard deviation")
-
-
-def _optimisation_options(p):
-    optim = p.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=positive_int, default=100)
-    optim.add_argument("--lr", type=positive, default=1e-3)
-    optim.add_argument("--batch-size", type=positive_int, default=32)
-    optim.add_argument("--momentum", type=non_negative, default=0.9, help="SGD momentum, in [0, 1)")
-    optim.add_argument("--weight-decay", type=non_negative, default=5e-4)
-    optim.add_argument("--warmup-epochs", type=count, default=1)
-    optim.add_argument("--warmup-lr", type=positive, default=1e-5)
-    optim.add_argument("--cache-views", type=count, default=0, metavar="V",
-                       help="protocol option (off by default): encode V augmented views of each training "
-                            "image once and reuse them every epoch (feature-level injectors only)")
-    optim.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                       help="autocast precision; auto = fp16 on CUDA (as the authors), fp32 on CPU")
-    optim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-
-
-def _run_options(p):
-    run = p.add_argument_group("evaluation and runs")
-    run.add_argument("--inference", choices=["mean", "sample", "average"], default="mean",
-                     help="noise at test time: its mean (default), one sample (authors), or K-sample average")
-    run.add_argument("--inference-samples", type=positive_int, default=8, help="K for --inference average")
-    run.add_argument("--test-batch-size", type=positive_int, default=128)
-    run.add_argument("--zero-shot", action="store_true",
-                     help="evaluate frozen CLIP with the dataset's hand-crafted prompt; no training")
-    run.add_argument("--output-dir", default="runs")
-    run.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoint")
-    run.add_argument("--force", action="store_true", help="rerun runs that already have a result")
-    run.add_argument("--ablation", action="store_true",
-                     help="train every noise position / generator variant and the controls on the same "
-                          "few-shot data and seeds; writes ablation.md/.csv/.png per dataset and shots")
-    run.add_argument("--eval-only", action="store_true",
-                     help="evaluate saved injectors (--checkpoint); settings, shots and seed come from it")
-    run.add_argument("--checkpoint", help="checkpoint.pt of a trained run, for --eval-only")
-    run.add_argument("--transfer", action="store_true",
-                     help="with --eval-only: allow a dataset whose classes differ from the checkpoint's")
-    run.add_argument("--shard", type=shard_spec, metavar="I/N",
-                     help="run only share I of N (0-based) of this call's jobs, balanced by estimated cost; "
-                          "any number of processes may share one --output-dir")
-    run.add_argument("--summarize", action="store_true",
-                     help="only rebuild every summary and ablation table from the results in --output-dir")
-
-
-def _inconsistencies(args) -> list:
-    """Problems no single flag shows, one message each."""
-    problems = []
-    if args.eval_only and not args.checkpoint:
-        problems.append("--eval-only needs --checkpoint path/to/checkpoint.pt")
-    if args.momentum >= 1:
-        problems.append(f"--momentum must be below 1, not {args.momentum}")
-    if args.warmup_epochs > args.epochs:
-        problems.append(f"--warmup-epochs {args.warmup_epochs} is more than --epochs {args.epochs}")
-    if args.ce_weight == 0 and args.kl_weight == 0:
-        problems.append("--ce-weight and --kl-weight are both 0: nothing would be trained")
-    if args.cache_views and pini.needs_images(args.image_noise) and not args.ablation:
-        problems.append(f"--cache-views caches image features, but --image-noise {args.image_noise} needs the "
-                        "images; use it with cross-attention, mlp or none")
-    return problems
+def parse_args(argv=None):
+    return options.parse_args(argv, description=__doc__)
 
 
 def seed_everything(seed: int):
@@ -207,12 +54,9 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-
 # -----------------------------------------------------------------------------------------
 # Running one job: restore, train, evaluate, record
 # -----------------------------------------------------------------------------------------
-
-
 
 def build_model(options, ctx: Context, split) -> pini.PiNI:
     return pini.PiNI(ctx.clip, ctx.tokenizer, split.classnames, split.info.template, options.n_ctx,
@@ -221,13 +65,14 @@ def build_model(options, ctx: Context, split) -> pini.PiNI:
                      reduction=options.reduction, pixel_level=options.pixel_level)
 
 
-
-
 def run_training(job: Job, args, ctx: Context, run_dir: Path) -> dict:
     """Train PiNI on one few-shot sample (dataset, shots, seed), test it, and record the result."""
     options, settings = job_options(job, args), settings_of(job, args, ctx.precision)
     seed_everything(job.seed)
     model = build_model(options, ctx, job.split)
+    if job.new_split and model.per_class:
+        raise UsageError(f"{variant_name(options)} learns noise per training class: it cannot be tested on new "
+                         "classes (--protocol base2new); use the default injectors")
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=options.lr, momentum=options.momentum,
                                 weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -237,8 +82,19 @@ def run_training(job: Job, args, ctx: Context, run_dir: Path) -> dict:
     history = restore(run_dir / CHECKPOINT, meta, model, optimizer, scheduler, scaler, args.resume, ctx.device)
     started = time.time()
     train(model, job, options, ctx, optimizer, scheduler, scaler, history, run_dir / CHECKPOINT, meta)
+    extra = new_class_accuracy(model, job, options, ctx) if job.new_split else {}
     return test_and_record(model, job, options, ctx, run_dir / RESULT, settings, history,
-                           wall_seconds=time.time() - started)
+                           wall_seconds=time.time() - started, **extra)
+
+
+def new_class_accuracy(model: pini.PiNI, job: Job, options, ctx: Context) -> dict:
+    """The trained injectors, unchanged, on the unseen classes: their own prompts, their test images."""
+    unseen = build_model(options, ctx, job.new_split)
+    load_injectors(unseen, injector_state(model), "the base-class run")
+    seed_everything(job.seed)
+    test_loader = loader(job.new_split.test, ctx.eval_tf, options.test_batch_size, options.workers)
+    return {"accuracy_new": evaluate(unseen, test_loader, ctx, options.inference, options.inference_samples),
+            "n_test_new": len(job.new_split.test)}
 
 
 def restore(path: Path, meta: dict, model, optimizer, scheduler, scaler, resume: bool, device) -> list:
@@ -287,7 +143,8 @@ def test_and_record(model, job, options, ctx, path: Path, settings: dict, histor
     seed_everything(job.seed)  # the "sample" inference mode draws noise: make it repeatable
     accuracy = evaluate(model, test_loader, ctx, options.inference, options.inference_samples)
     n_train = len(job.sample.train) if job.sample else 0
-    record = {"kind": job.kind, "dataset": job.split.info.name, "shots": job.shots, "seed": job.seed,
+    record = {"kind": job.kind, "protocol": job.protocol, "dataset": job.split.info.name, "shots": job.shots,
+              "seed": job.seed,
               "variant": variant_name(options), "ablation": job.ablation, "accuracy": accuracy,
               "settings": settings, "history": history, "train_seconds": sum(h["seconds"] for h in history),
               "n_train": n_train, "n_test": len(job.split.test), "n_classes": len(job.split.classnames),
@@ -319,25 +176,30 @@ def run_zero_shot(job: Job, args, ctx: Context, run_dir: Path) -> dict:
     """Frozen CLIP with the dataset's hand-crafted prompt — and the set-up check: the published
     zero-shot accuracy of the same model, prompt and split, when there is one (published.py)."""
     split = job.split
-    test_loader = loader(split.test, ctx.eval_tf, args.test_batch_size, args.workers)
-    accuracy = zero_shot_accuracy(ctx, split.classnames, split.info.zero_shot, test_loader)
-    found = published.published_zero_shot(args.model, args.pretrained, split.info.name)
-    check, warn = published.setup_check(accuracy, args.model, args.pretrained, split.info.name)
-    record = {"kind": "zero-shot", "dataset": split.info.name, "shots": 0, "seed": 0, "variant": "zero-shot CLIP",
-              "ablation": "", "accuracy": accuracy, "settings": settings_of(job, args, ctx.precision),
-              "template": split.info.zero_shot, "model": args.model, "n_test": len(split.test),
-              "trainable_parameters": 0, "published_accuracy": found[0] if found else None,
-              "published_source": found[1] if found else None}
+
+    def accuracy_on(part: datasets.Split) -> float:
+        test_loader = loader(part.test, ctx.eval_tf, args.test_batch_size, args.workers)
+        return zero_shot_accuracy(ctx, part.classnames, split.info.zero_shot, test_loader)
+
+    record = {"kind": "zero-shot", "protocol": job.protocol, "dataset": split.info.name, "shots": 0, "seed": 0,
+              "variant": "zero-shot CLIP", "ablation": "", "accuracy": accuracy_on(split),
+              "settings": settings_of(job, args, ctx.precision), "template": split.info.zero_shot,
+              "model": args.model, "n_test": len(split.test), "trainable_parameters": 0}
+    tqdm.write(f"{split.info.name} zero-shot: test accuracy {record['accuracy']:.2f}%")
+    if job.new_split:  # base-to-new: the unseen half too (published numbers are for all classes)
+        record["accuracy_new"] = accuracy_on(job.new_split)
+    else:
+        found = published.published_zero_shot(args.model, args.pretrained, split.info.name)
+        check, warn = published.setup_check(record["accuracy"], args.model, args.pretrained, split.info.name)
+        record.update(published_accuracy=found[0] if found else None, published_source=found[1] if found else None)
+        tqdm.write(("warning: " if warn else "  ") + check)
     runs.write_record(run_dir / RESULT, record)
-    tqdm.write(f"{split.info.name} zero-shot: test accuracy {accuracy:.2f}%")
-    tqdm.write(("warning: " if warn else "  ") + check)
     return record
 
 
 # -----------------------------------------------------------------------------------------
 # Evaluation and checkpoints
 # -----------------------------------------------------------------------------------------
-
 
 
 def injector_state(model: pini.PiNI) -> dict:
@@ -364,8 +226,6 @@ def load_injectors(model: pini.PiNI, state: dict, path):
         model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shapes differ
         raise UsageError(f"{hint}: {str(error).strip().splitlines()[-1].strip()}") from None
-
-
 
 
 @torch.no_grad()
