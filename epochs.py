@@ -7,6 +7,7 @@ the same batches, augmentations and noise whatever the number of data-loading wo
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name} asked for a GPU, but torch sees none (torch.cuda.is_available() is False)")
     return device
@@ -52,7 +55,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def writable_output(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}-{time.time_ns()}"  # one per process: shards start together
         probe.write_text("")
         probe.unlink()
     except OSError as error:
@@ -204,7 +207,8 @@ def train_epoch(model, batches, optimizer, scaler, options, ctx: Context) -> dic
             optimizer.step()
         loss = losses["loss"].item()
         if not math.isfinite(loss):
-            raise UsageError("the loss became non-finite; try --precision fp32 or bf16, or a smaller --lr")
+            raise UsageError("the loss became non-finite; try --precision fp32 or bf16, a smaller --lr"
+                             + (" or a smaller --kl-weight" if options.kl_weight else ""))
         total_loss += loss * len(labels)
         correct += (output.logits.argmax(-1) == labels).float().mean(0).sum().item()
         seen += len(labels)

@@ -6,7 +6,7 @@
     settings_of(job, args, precision)  everything that determines a job's result (see runs.py)
     reuse_or_run(path, settings, ...)  a finished run is reused only when its settings are these
 
-Running, skipping and reporting all work over the job list; so will sharding and protocols.
+Running, skipping, sharding and reporting all work over the job list.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class Job:
     new_split: Optional[datasets.Split] = None  # base2new: the unseen classes, tested after training
 
     def run_dir(self, out: Path) -> Path:
-        folder = out / self.split.info.alias / ("" if self.protocol == "few-shot" else self.protocol)
+        name = self.split.info.alias if self.split.source != "custom" else f"own_{self.split.info.alias}"
+        folder = out / name / ("" if self.protocol == "few-shot" else self.protocol)
         if self.kind == "zero-shot":
             return folder / "zero_shot"
         folder = folder / f"shots_{self.shots}"
@@ -144,7 +145,7 @@ def eval_job(split: datasets.Split, checkpoint: dict, args) -> Job:
 
 def dataset_arg(split: datasets.Split) -> str:
     """How --dataset names this dataset: its alias, or the folder of your own data."""
-    return split.info.alias if split.info.alias in datasets.DATASETS else str(split.folder)
+    return str(split.folder) if split.source == "custom" else split.info.alias
 
 
 def warn_short(split, shots: int, sample):
@@ -193,12 +194,12 @@ def settings_of(job: Job, args, precision: str) -> dict:
               "model": options.model, "pretrained": options.pretrained, "precision": precision}
     if job.kind == "zero-shot":
         return runs.plain({**common, "template": split.info.zero_shot})
-    options.template, options.shots, options.seed, options.precision = (
-        split.info.template, job.shots, job.seed, precision)
+    options.template = getattr(options, "template", split.info.template)  # eval: the checkpoint's
+    options.shots, options.seed, options.precision = job.shots, job.seed, precision
     if job.kind == "eval":
         return runs.plain({**common, **{k: getattr(options, k) for k in MODEL_KEYS},
-                           "checkpoint": str(args.checkpoint), "inference": options.inference,
-                           "inference_samples": options.inference_samples})
+                           "epochs": options.epochs, "checkpoint": str(args.checkpoint),
+                           "inference": options.inference, "inference_samples": options.inference_samples})
     return runs.plain({**common, **{k: getattr(options, k) for k in MODEL_KEYS + TRAINING_KEYS},
                        "sample": job.sample.fingerprint, "inference": options.inference,
                        "inference_samples": options.inference_samples})
@@ -233,8 +234,10 @@ def _finished(path: Path, settings: dict, args) -> Optional[dict]:
     record = runs.read_record(path)
     changed = runs.differences(record.get("settings"), settings)
     if changed:
-        raise UsageError(f"{path.parent} holds a finished run with other settings ({'; '.join(changed[:4])}): "
-                         "rerun with --force to replace it, or choose another --output-dir")
+        hint = ("only test-time settings differ: --eval-only --checkpoint " + str(path.parent / runs.CHECKPOINT)
+                + " tests it again" if all(c.startswith("inference") for c in changed) else
+                "rerun with --force to replace it, or choose another --output-dir")
+        raise UsageError(f"{path.parent} holds a finished run with other settings ({runs.listed(changed)}): {hint}")
     return record
 
 

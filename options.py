@@ -72,7 +72,7 @@ def _data_options(p):
                            "datasets; or the path of a folder with one sub-folder per class (default: "
                            "caltech101, or with --eval-only the checkpoint's dataset)")
     data.add_argument("--shots", nargs="+", type=positive_int, default=[16], help="images per class (1 2 4 8 16)")
-    data.add_argument("--seeds", "--seed", nargs="+", type=int, default=[1], help="few-shot sample and training seeds")
+    data.add_argument("--seeds", "--seed", nargs="+", type=count, default=[1], help="few-shot sample and training seeds")
     data.add_argument("--data-root", default=datasets.default_data_root(),
                       help="folder holding the datasets in CoOp's layout (default: $PINI_DATA or ./data)")
     data.add_argument("--download", action="store_true",
@@ -105,7 +105,8 @@ def _model_options(p):
 def _objective_options(p):
     objective = p.add_argument_group("objective (see pini.pini_objective)")
     objective.add_argument("--noise-samples", type=positive_int, default=1, help="K Monte-Carlo noise samples")
-    objective.add_argument("--ce-weight", type=non_negative, default=1.0, help="weight of the cross-entropy bound")
+    objective.add_argument("--ce-weight", type=non_negative, default=1.0, help="weight of the cross-entropy term (the "
+                           "Monte-Carlo estimate of the bound)")
     objective.add_argument("--kl-weight", type=non_negative, default=0.0,
                            help="β, weight of KL(p_θ(ε) ‖ N(0, s²I)); 0 = the authors' code")
     objective.add_argument("--prior-std", type=positive, default=1.0, help="s, the prior's standard deviation")
@@ -162,6 +163,17 @@ def _inconsistencies(args) -> list:
     problems = []
     if args.eval_only and not args.checkpoint:
         problems.append("--eval-only needs --checkpoint path/to/checkpoint.pt")
+    if (args.checkpoint or args.transfer) and not args.eval_only:
+        problems.append("--checkpoint and --transfer belong to --eval-only (to continue a run, use --resume)")
+    if args.zero_shot and args.ablation:
+        problems.append("--ablation trains every variant (its zero-shot row included); drop --zero-shot")
+    if args.ablation and (args.text_noise, args.text_generator, args.image_noise, args.control) != (
+            "tokens", "free", "cross-attention", "none"):
+        problems.append("--ablation sets --text-noise, --text-generator, --image-noise and --control itself, one "
+                        "variant per row; leave them at their defaults")
+    if args.text_noise == "none" and args.image_noise == "none" and not (args.zero_shot or args.eval_only):
+        problems.append("--text-noise none and --image-noise none leave nothing to train; "
+                        "--zero-shot evaluates CLIP alone")
     if args.momentum >= 1:
         problems.append(f"--momentum must be below 1, not {args.momentum}")
     if args.warmup_epochs > args.epochs:

@@ -96,9 +96,9 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
         clip, _, eval_transform = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as error:
         if weights is not None and os.path.isfile(weights):  # a local file that is not CLIP weights for `name`
-            reason = (str(error).strip().splitlines() or [""])[0][:200]
-            raise ValueError(f"--pretrained {weights}: not {name} weights that open_clip can load "
-                             f"({type(error).__name__}: {reason})") from None
+            reason = ("not a file of tensors that loads safely" if isinstance(error, pickle.UnpicklingError)
+                      else f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}")
+            raise ValueError(f"--pretrained {weights}: not {name} weights that open_clip can load ({reason})") from None
         if not isinstance(error, RuntimeError) or "download" not in str(error).lower():
             raise
         raise WeightsUnavailable(

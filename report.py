@@ -91,7 +91,10 @@ def write_summary(records, out: Path, order=()) -> str:
     header = ["dataset"] + [c if c == "zero-shot" else f"{c}-shot" for c in columns]
     rows = [[name] + [fmt(row.get(c, [])) for c in columns] for name, row in cells.items()]
     means = [[mean_std(row[c])[0] for row in cells.values() if c in row] for c in columns]
-    rows.append([f"average ({len(cells)} datasets)"] + [f"{statistics.mean(m):.2f}" if m else "" for m in means])
+    counts = {len(m) for m in means}
+    label = (f"average ({len(cells)} dataset{'s' * (len(cells) != 1)})" if counts == {len(cells)} else
+             "average (of the datasets with a number in the column)")
+    rows.append([label] + [f"{statistics.mean(m):.2f}" if m else "" for m in means])
     table = _markdown(header, rows)
     _write_text(out / "summary.md", "Top-1 test accuracy (%), mean ± std over seeds.\n\n" + table + "\n")
     csv_rows = [["dataset", "shots", "mean", "std", "n_seeds"]]
@@ -129,13 +132,14 @@ def _plot_accuracy_vs_shots(cells, columns, path: Path):
 
 def write_ablation(rows, folder: Path, title: str) -> str:
     """rows: [(variant, [records over seeds])] -> ablation.md, ablation.csv, ablation.png in `folder`.
-    A variant with no records is shown as not applicable (the patch injector on a ResNet tower)."""
+    A variant with no finished run says so (not run yet, or the patch injector on a ResNet tower)."""
     header = ["variant", "accuracy (%)", "trainable parameters", "training time (s)"]
     lines, csv_rows = [], [["variant", "mean", "std", "n_seeds", "trainable_parameters", "train_seconds"]]
     for variant, records in rows:
         records = unique_runs(records)
         if not records:
-            lines.append([variant, "n/a (needs a ViT image tower)", "", ""])
+            why = "needs a ViT image tower, or " if "patch" in variant else ""
+            lines.append([variant, f"no finished run ({why}not run yet)", "", ""])
             continue
         mean, std = mean_std(r["accuracy"] for r in records)
         params = records[0].get("trainable_parameters", 0)
@@ -177,7 +181,8 @@ def write_reports(out: Path, ablation, order=()):
         seeds = sorted({r["seed"] for _, rs in rows for r in rs if r["shots"]})
         print(write_ablation(rows, out / folder, f"{name}, {shots} shots, seeds {' '.join(map(str, seeds))}"))
     default = ablation[0][0]  # the default PiNI's ablation row is the same run as a plain call's
-    print(write_summary([r for r in records if r.get("ablation", "") in ("", default)], out, order))
+    trained = [r for r in records if r["kind"] != "eval" and r.get("ablation", "") in ("", default)]
+    print(write_summary(trained, out, order))  # evaluations of checkpoints (eval.json) are not table rows
 
 
 def harmonic_mean(base: float, new: float) -> float:

@@ -51,6 +51,12 @@ def differences(stored: dict, wanted: dict) -> list:
     return out
 
 
+def listed(changes: list, most: int = 4) -> str:
+    """'a → b; c → d (and 3 more)'."""
+    more = f" (and {len(changes) - most} more)" if len(changes) > most else ""
+    return "; ".join(changes[:most]) + more
+
+
 def _short(value) -> str:
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 40 else text[:37] + "..."
@@ -78,8 +84,10 @@ def read_record(path: Path) -> dict:
         record = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         raise UsageError(f"{path} is not a readable result file ({error}); delete it or rerun with --force") from None
-    if not isinstance(record, dict) or "accuracy" not in record:
-        raise UsageError(f"{path} is not a PiNI result file (no accuracy); delete it or rerun with --force")
+    fields = {"dataset": str, "kind": str, "shots": int, "seed": int, "accuracy": (int, float)}
+    if not isinstance(record, dict) or any(not isinstance(record.get(k), t) for k, t in fields.items()):
+        raise UsageError(f"{path} is not a PiNI result file (it needs {', '.join(fields)}): move it out of the "
+                         "output folder")
     return record
 
 
@@ -116,9 +124,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UsageError(f"{refused} ({type(error).__name__}); only checkpoints written by train.py load") from None
     injectors = state.get("injectors") if isinstance(state, dict) else None
     meta = state.get("meta") if isinstance(state, dict) else None
+    settings = meta.get("settings") if isinstance(meta, dict) else None
+    needed = ("dataset", "classnames", "model", "pretrained", "shots", "seed", "epochs")
     if not (isinstance(injectors, dict) and all(isinstance(v, torch.Tensor) for v in injectors.values())
-            and isinstance(meta, dict) and isinstance(meta.get("settings"), dict)):
-        raise UsageError(f"{refused} (it lacks the injectors or the run settings)")
+            and isinstance(settings, dict) and all(k in settings for k in needed)
+            and isinstance(state.get("history"), list) and isinstance(state.get("epoch"), int)):
+        raise UsageError(f"{refused} (it lacks the injectors, the history or the run settings)")
     return state
 
 

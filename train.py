@@ -59,7 +59,10 @@ def seed_everything(seed: int):
 # -----------------------------------------------------------------------------------------
 
 def build_model(options, ctx: Context, split) -> pini.PiNI:
-    return pini.PiNI(ctx.clip, ctx.tokenizer, split.classnames, split.info.template, options.n_ctx,
+    """PiNI on this split's classes. The template is the split's own, except when a checkpoint is
+    evaluated: its text noise was learned over its own template's tokens, so that template stays."""
+    template = getattr(options, "template", split.info.template)
+    return pini.PiNI(ctx.clip, ctx.tokenizer, split.classnames, template, options.n_ctx,
                      text_noise=options.text_noise, image_noise=options.image_noise,
                      text_generator=options.text_generator, control=options.control,
                      reduction=options.reduction, pixel_level=options.pixel_level)
@@ -100,11 +103,13 @@ def new_class_accuracy(model: pini.PiNI, job: Job, options, ctx: Context) -> dic
 def restore(path: Path, meta: dict, model, optimizer, scheduler, scaler, resume: bool, device) -> list:
     """With --resume and a checkpoint of the same settings: load it and return its history."""
     if not (resume and path.is_file()):
+        if path.is_file():
+            tqdm.write(f"starting {path.parent} afresh: it holds an unfinished run (--resume continues it)")
         return []
     state = runs.load_checkpoint(path, map_location=device)
     changed = runs.differences(state["meta"]["settings"], meta["settings"])
     if changed:
-        raise UsageError(f"cannot --resume {path}: settings changed since it was saved ({'; '.join(changed[:4])}); "
+        raise UsageError(f"cannot --resume {path}: settings changed since it was saved ({runs.listed(changed)}); "
                          "rerun with the old settings, or with --force to start again")
     load_injectors(model, state["injectors"], path)
     optimizer.load_state_dict(state["optimizer"])
@@ -168,8 +173,11 @@ def run_eval(job: Job, args, ctx: Context, run_dir: Path, checkpoint: dict) -> d
         raise UsageError(f"{args.checkpoint} holds per-class noise ({variant_name(options)}): it cannot be "
                          "evaluated on other classes")
     load_injectors(model, checkpoint["injectors"], args.checkpoint)
+    trained = len(checkpoint["history"])
+    if trained < options.epochs:
+        tqdm.write(f"warning: {args.checkpoint} stopped after {trained} of {options.epochs} epochs: an unfinished run")
     return test_and_record(model, job, options, ctx, run_dir / EVAL_RESULT, settings, checkpoint["history"],
-                           trained_on=checkpoint["meta"]["settings"]["dataset"])
+                           trained_on=checkpoint["meta"]["settings"]["dataset"], epochs_trained=trained)
 
 
 def run_zero_shot(job: Job, args, ctx: Context, run_dir: Path) -> dict:
@@ -269,14 +277,23 @@ def run(args) -> list:
     if args.shard:
         jobs = shard(jobs, *args.shard, args)
     check_images(jobs, args)
+    model, weights = args.model, args.pretrained
+    if checkpoint:  # the CLIP its injectors were trained with, whatever the command line says
+        model, weights = checkpoint["meta"]["settings"]["model"], checkpoint["meta"]["settings"]["pretrained"]
+        if (model, weights) != (args.model, args.pretrained):
+            tqdm.write(f"evaluating with the checkpoint's CLIP: --model {model} --pretrained {weights}")
     torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
-    ctx = Context(*pini.load_clip(args.model, args.pretrained, device), device=device, precision=precision)
+    ctx = Context(*pini.load_clip(model, weights, device), device=device, precision=precision)
+    misfits = [j for j in jobs if j.kind == "train" and not pini.fits(ctx.clip, job_options(j, args).image_noise)]
+    if any(not j.ablation for j in misfits):
+        raise UsageError(f"--image-noise {args.image_noise} needs a ViT image tower (patch tokens); "
+                         f"{model} has a {type(ctx.clip.visual).__name__}")
 
     results = []
     for job in jobs:
         run_dir = job.run_dir(out)
-        if job.kind == "train" and not pini.fits(ctx.clip, job_options(job, args).image_noise):
-            continue  # the patch injector needs a ViT: its ablation row says n/a
+        if any(job is misfit for misfit in misfits):
+            continue  # the ablation's patch row on a ResNet tower: no run, the table says why
         if job.kind == "eval":
             results.append(run_eval(job, args, ctx, run_dir, checkpoint))
             continue

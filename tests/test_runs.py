@@ -167,8 +167,11 @@ def test_non_finite_injectors_are_never_saved(tmp_path):
     with pytest.raises(runs.UsageError, match="non-finite"):
         runs.save_checkpoint(path, {"injectors": {"mu": torch.tensor([1.0, float("nan")])}, "meta": {}})
     assert not path.exists() and os.listdir(tmp_path) == []
-    runs.save_checkpoint(path, {"injectors": {"mu": torch.ones(2)}, "meta": {"settings": {}}})
-    assert runs.load_checkpoint(path)["meta"] == {"settings": {}}
+    settings = {"dataset": "D", "classnames": ["a", "b"], "model": "m", "pretrained": "none", "shots": 1, "seed": 1,
+                "epochs": 1}
+    runs.save_checkpoint(path, {"injectors": {"mu": torch.ones(2)}, "meta": {"settings": settings}, "history": [],
+                                "epoch": 0})
+    assert runs.load_checkpoint(path)["meta"] == {"settings": settings}
 
 
 def test_checkpoints_hold_only_plain_values(base_args, tmp_path):
@@ -259,3 +262,83 @@ def test_zero_shot_prints_the_published_number_and_warns_on_a_gap(base_args, mon
     assert "warning: published: 101.00%" in out and "a test table" in out
     record = json.loads((tmp_path / "again/caltech101/zero_shot/result.json").read_text())
     assert record["published_accuracy"] == 101.0 and record["published_source"] == "a test table"
+
+
+# --- found by a newcomer's review ------------------------------------------------------------
+
+def test_eval_only_uses_the_checkpoints_clip(base_args, config_dir, tmp_path, capsys):
+    resnet = str(config_dir / "tiny-resnet.json")
+    args = [resnet if a.endswith("tiny-vit.json") else a for a in base_args]
+    assert train.main(args + ["--epochs", "1"]) == 0
+    trained = read_result(args)["accuracy"]
+    # the command line names the ViT: the checkpoint's ResNet must be used all the same
+    assert train.main(base_args[:-4] + ["--eval-only", "--checkpoint", str(run_dir(tmp_path) / "checkpoint.pt"),
+                                        "--output-dir", str(tmp_path / "e")]) == 0
+    assert "evaluating with the checkpoint's CLIP" in capsys.readouterr().out
+    evaluated = json.loads((tmp_path / "e/caltech101/shots_2/seed_1/eval.json").read_text())
+    assert evaluated["accuracy"] == trained and evaluated["settings"]["model"] == resnet
+
+
+def test_the_patch_injector_on_a_resnet_is_an_error_outside_the_ablation(base_args, config_dir, capsys):
+    args = [str(config_dir / "tiny-resnet.json") if a.endswith("tiny-vit.json") else a for a in base_args]
+    assert train.main(args + ["--image-noise", "patch"]) == 2
+    assert "needs a ViT image tower" in capsys.readouterr().err
+
+
+def test_evaluations_are_not_rows_of_the_summary(base_args, data_root, tmp_path):
+    sketch = data_root / "imagenet-sketch"
+    for i, name in enumerate(CLASSES):
+        touch_image(sketch / "images" / f"n0{i}" / "0.jpg")
+    (sketch / "classnames.txt").write_text("".join(f"n0{i} {name}\n" for i, name in enumerate(CLASSES)))
+    assert train.main(base_args + ["--epochs", "1"]) == 0
+    assert train.main(base_args[:-4] + ["--dataset", "imagenet_sketch", "--eval-only", "--checkpoint",
+                                        str(run_dir(tmp_path) / "checkpoint.pt")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "runs/summary.csv")))
+    assert [r["dataset"] for r in rows] == ["Caltech101"]
+    assert "average (1 dataset)" in (tmp_path / "runs/summary.md").read_text()
+
+
+def test_transfer_keeps_the_checkpoints_template(base_args, tmp_path):
+    assert train.main(base_args + ["--epochs", "1"]) == 0
+    assert train.main(base_args[:-4] + ["--dataset", "dtd", "--eval-only", "--transfer", "--checkpoint",
+                                        str(run_dir(tmp_path) / "checkpoint.pt")]) == 0
+    evaluated = json.loads((tmp_path / "runs/dtd/shots_2/seed_1/eval.json").read_text())
+    assert evaluated["settings"]["template"] == "a photo of a"  # DTD's own is "texture": another token count
+
+
+def test_your_own_folder_never_shares_a_benchmarks_output_folder(base_args, tmp_path):
+    own = tmp_path / "mine" / "dtd"
+    for name in ("banded", "dotted"):
+        for i in range(5):
+            touch_image(own / name / f"{i}.jpg")
+    assert train.main(base_args[:-4] + ["--dataset", str(own), "--shots", "1", "--epochs", "1"]) == 0
+    assert (tmp_path / "runs/own_dtd/shots_1/seed_1/result.json").is_file()
+    assert not (tmp_path / "runs/dtd").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ablation", "--image-noise", "mlp"], "--ablation sets --text-noise"),
+    (["--checkpoint", "x.pt"], "--checkpoint and --transfer belong to --eval-only"),
+    (["--zero-shot", "--ablation"], "drop --zero-shot"),
+    (["--text-noise", "none", "--image-noise", "none"], "leave nothing to train"),
+    (["--seeds", "-1"], "--seeds/--seed: must be an integer ≥ 0"),
+])
+def test_flags_that_make_no_sense_together_are_refused(base_args, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        train.parse_args(base_args + flags)
+    assert message in capsys.readouterr().err
+
+
+def test_a_device_torch_knows_but_pini_does_not_use_is_refused(base_args, capsys):
+    assert train.main(base_args + ["--device", "meta"]) == 2
+    err = capsys.readouterr().err
+    assert "--device 'meta': use auto, cpu, cuda or cuda:N" in err and "Traceback" not in err
+
+
+def test_a_stray_result_file_gives_one_line(base_args, tmp_path, capsys):
+    stray = tmp_path / "runs/elsewhere/result.json"
+    stray.parent.mkdir(parents=True)
+    stray.write_text(json.dumps({"accuracy": 50.0}))
+    assert train.main(base_args + ["--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{stray} is not a PiNI result file" in err and "Traceback" not in err
