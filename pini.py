@@ -9,10 +9,12 @@ Read this module top to bottom, like a chapter of the paper:
   2. Prompts and the text tower ........ `build_prompts`, `encode_text_embeddings`,
                                           `encode_text_shared_prefix` (exact shortcut)
   3. Gaussian noise, reparameterised ... `Gaussian`, `gaussian_kl`
-  4. The text noise injectors ......... `TextNoiseInjector` (free μ, σ — the paper's),
+  4. The text noise injectors ......... `NoiseInjector` (what every injector declares),
+                                          `TextNoiseInjector` (free μ, σ — the paper's),
                                           `ConditionedTextNoiseInjector` (a variant)
   5. The image noise injectors ........ `ImageNoiseInjector` (cross-attention — the paper's),
-                                          `MLPNoiseInjector`, `PixelNoiseInjector` (variants)
+                                          `PatchNoiseInjector`, `MLPNoiseInjector`,
+                                          `PixelNoiseInjector` (variants); `IMAGE_INJECTORS`
   6. The PiNI model ................... `PiNI`  (forward -> logits for K noise samples)
   7. The objective .................... `pini_objective`, `pi_noise_information`
   8. Inference ........................ `PiNI.predict`
@@ -22,8 +24,8 @@ Notation (as in the paper): x an image, y its class, P the prompt set, ε the no
 z ~ N(0, I) the standard normal sample of the reparameterisation ε = μ + σ ⊙ z,
 τ CLIP's temperature (1/τ = exp(logit_scale)), K the number of Monte-Carlo noise samples.
 
-Equation numbers (Eq. 1)–(Eq. 9) are this module's own, not the paper's (its body could not be
-read line by line here). Each lives where its code is:
+Equation numbers (Eq. 1)–(Eq. 9) are this module's own, not the paper's (the README says why).
+Each lives where its code is:
 
   (Eq. 1) CLIP's classifier p(y | x, P) ................. `PiNI` (class docstring), `PiNI.forward`
   (Eq. 2) the paper's pi-noise reading, I(T, E) ......... `pini_objective`, `pi_noise_information`
