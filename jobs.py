@@ -55,6 +55,8 @@ class Job:
     sample: Optional[datasets.FewShot] = None
     protocol: str = "few-shot"
     new_split: Optional[datasets.Split] = None  # base2new: the unseen classes, tested after training
+    source: Optional["Job"] = None  # domain, cross-dataset: the training job whose checkpoint is tested
+    checkpoint: str = ""  # the checkpoint an "eval" job tests (else --checkpoint)
 
     def run_dir(self, out: Path) -> Path:
         name = self.split.info.alias if self.split.source != "custom" else f"own_{self.split.info.alias}"
@@ -75,6 +77,8 @@ def plan(args, checkpoint: Optional[dict]) -> list:
     """The call's jobs, in the order they run. Data problems surface here: all at once."""
     names = args.dataset or ([checkpoint["meta"].get("dataset_arg", "")] if checkpoint else ["caltech101"])
     names = datasets.BENCHMARK if names == ["all"] else names
+    if args.protocol in TRANSFER_TARGETS:  # ImageNet, then the targets (--dataset chooses among them)
+        names = ["imagenet", *(names if args.dataset else TRANSFER_TARGETS[args.protocol])]
     if args.download:
         fetch_missing(names, args.data_root)
     splits = datasets.load_datasets(names, args.data_root)
@@ -84,6 +88,8 @@ def plan(args, checkpoint: Optional[dict]) -> list:
                        "CoOp's split file: its numbers are not comparable with the paper's")
     if checkpoint:
         return [eval_job(split, checkpoint, args) for split in splits]
+    if args.protocol in TRANSFER_TARGETS:
+        return transfer_jobs(splits[0], splits[1:], args)
     for split in splits:
         if split.info.test_only and not args.zero_shot:
             raise UsageError(f"{split.info.name} is a test-only set: evaluate a model trained on ImageNet with "
@@ -121,6 +127,28 @@ def base_to_new_jobs(splits, args) -> list:
                 base, base_sample = datasets.class_half(split, sample, "base")
                 jobs.append(Job("train", base, shots, seed, sample=base_sample, protocol="base2new",
                                 new_split=datasets.class_half(split, sample, "new")[0]))
+    return jobs
+
+
+TRANSFER_TARGETS = {"domain": ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"],
+                    "cross-dataset": [alias for alias in datasets.BENCHMARK if alias != "imagenet"]}
+
+
+def transfer_jobs(source: datasets.Split, targets: list, args) -> list:
+    """Domain generalisation and cross-dataset transfer: one ImageNet run per (shots, seed) — the
+    few-shot protocol's own run, shared with it — then its injectors, unchanged, tested on each
+    target; zero-shot CLIP on ImageNet and on every target, each with its own prompt."""
+    if source.info.alias != "imagenet" or any(t.info.alias == "imagenet" for t in targets):
+        raise UsageError(f"--protocol {args.protocol} trains on ImageNet and tests on other datasets: "
+                         f"--dataset names the targets (default: {' '.join(TRANSFER_TARGETS[args.protocol])})")
+    jobs = [Job("zero-shot", split) for split in [source, *targets]]
+    for shots in args.shots:
+        for seed in args.seeds:
+            trained = Job("train", source, shots, seed, sample=datasets.few_shot(source, shots, seed))
+            checkpoint = str(trained.run_dir(Path(args.output_dir)) / runs.CHECKPOINT)
+            jobs.append(trained)
+            jobs += [Job("eval", target, shots, seed, protocol=args.protocol, source=trained, checkpoint=checkpoint,
+                         overrides={"template": source.info.template}) for target in targets]
     return jobs
 
 
@@ -198,7 +226,7 @@ def settings_of(job: Job, args, precision: str) -> dict:
     options.shots, options.seed, options.precision = job.shots, job.seed, precision
     if job.kind == "eval":
         return runs.plain({**common, **{k: getattr(options, k) for k in MODEL_KEYS},
-                           "epochs": options.epochs, "checkpoint": str(args.checkpoint),
+                           "epochs": options.epochs, "checkpoint": job.checkpoint or str(args.checkpoint),
                            "inference": options.inference, "inference_samples": options.inference_samples})
     return runs.plain({**common, **{k: getattr(options, k) for k in MODEL_KEYS + TRAINING_KEYS},
                        "sample": job.sample.fingerprint, "inference": options.inference,
@@ -251,11 +279,16 @@ def shard(jobs: list, index: int, count: int, args) -> list:
     """Shard `index` of `count` (0-based): the jobs this process runs. Shares are balanced by
     estimated cost, not by count — longest first, each to the shard with the least cost so far,
     ties broken by position — so every process, on any machine, computes the same partition."""
+    units = {}  # a training job and the evaluations of its checkpoint go to one shard together
+    for job in jobs:
+        units.setdefault(id(job.source or job), []).append(job)
+    units = list(units.values())
     loads, owner = [0] * count, {}
-    for i in sorted(range(len(jobs)), key=lambda i: (-cost(jobs[i], args), i)):
+    for u in sorted(range(len(units)), key=lambda u: (-sum(cost(j, args) for j in units[u]), u)):
         least = min(range(count), key=lambda k: (loads[k], k))
-        owner[i], loads[least] = least, loads[least] + cost(jobs[i], args)
-    mine = [job for i, job in enumerate(jobs) if owner[i] == index]
+        owner[u], loads[least] = least, loads[least] + sum(cost(j, args) for j in units[u])
+    mine_ids = {id(job) for u, unit in enumerate(units) if owner[u] == index for job in unit}
+    mine = [job for job in jobs if id(job) in mine_ids]
     tqdm.write(f"shard {index}/{count}: {len(mine)} of {len(jobs)} jobs, estimated cost {loads[index]:,} "
                f"of {sum(loads):,}")
     return mine

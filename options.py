@@ -148,9 +148,11 @@ def _run_options(p):
     run.add_argument("--checkpoint", help="checkpoint.pt of a trained run, for --eval-only")
     run.add_argument("--transfer", action="store_true",
                      help="with --eval-only: allow a dataset whose classes differ from the checkpoint's")
-    run.add_argument("--protocol", choices=["few-shot", "base2new"], default="few-shot",
+    run.add_argument("--protocol", choices=["few-shot", "base2new", "domain", "cross-dataset"], default="few-shot",
                      help="few-shot: all classes (the paper's tables); base2new: train on the base half of the "
-                          "classes, test on base and on the unseen new half (CoCoOp's protocol)")
+                          "classes, test on base and on the unseen new half (CoCoOp's protocol); domain: "
+                          "ImageNet, tested on ImageNet-V2/-Sketch/-A/-R; cross-dataset: ImageNet, tested on "
+                          "the 10 other datasets (--dataset picks the targets)")
     run.add_argument("--shard", type=shard_spec, metavar="I/N",
                      help="run only share I of N (0-based) of this call's jobs, balanced by estimated cost; "
                           "any number of processes may share one --output-dir")

@@ -160,15 +160,18 @@ def write_ablation(rows, folder: Path, title: str) -> str:
     return table
 
 
-def write_reports(out: Path, ablation, order=()):
+def write_reports(out: Path, ablation, order=(), test_only=()):
     """Every summary and ablation table in the output folder, rebuilt from its records alone
     (`--summarize`, and the end of every call). `ablation`: [(variant name, overrides or None for
-    the zero-shot control)], the rows of an ablation table in order; `order`: dataset names."""
+    the zero-shot control)], the rows of an ablation table in order; `order`: dataset names;
+    `test_only`: datasets that are only ever test targets (no row of the few-shot summary)."""
     everything = find_records(out)
     records = [r for r in everything if r.get("protocol", "few-shot") == "few-shot"]
     base2new = [r for r in everything if r.get("protocol") == "base2new"]
     if base2new:
         print(write_base_to_new(base2new, out, order))
+    for protocol in sorted({r["protocol"] for r in everything if r["kind"] == "eval"} & {"domain", "cross-dataset"}):
+        print(write_transfer(everything, protocol, out, order))
     tables = {}  # <alias>/shots_<k> -> (dataset, shots)
     for r in records:
         if r.get("ablation") and r["shots"]:
@@ -181,7 +184,8 @@ def write_reports(out: Path, ablation, order=()):
         seeds = sorted({r["seed"] for _, rs in rows for r in rs if r["shots"]})
         print(write_ablation(rows, out / folder, f"{name}, {shots} shots, seeds {' '.join(map(str, seeds))}"))
     default = ablation[0][0]  # the default PiNI's ablation row is the same run as a plain call's
-    trained = [r for r in records if r["kind"] != "eval" and r.get("ablation", "") in ("", default)]
+    trained = [r for r in records if r["kind"] != "eval" and r.get("ablation", "") in ("", default)
+               and r["dataset"] not in test_only]
     print(write_summary(trained, out, order))  # evaluations of checkpoints (eval.json) are not table rows
 
 
@@ -237,6 +241,50 @@ def write_base_to_new(records, out: Path, order=()) -> str:
     ax.set_title("base-to-new: harmonic mean of base and new accuracy")
     ax.legend(fontsize=7)
     _save_figure(fig, out / "base2new.png")
+    return table
+
+
+def write_transfer(records, protocol: str, out: Path, order=()) -> str:
+    """Domain generalisation or cross-dataset transfer: ImageNet (the source) and every target,
+    for zero-shot CLIP (each dataset's own prompt) and PiNI trained on ImageNet (one row per shots),
+    mean ± std over seeds, and the average over the targets. <protocol>.md, .csv and .png."""
+    tests = [r for r in records if r["kind"] == "eval" and r.get("protocol") == protocol]
+    rank = {name: i for i, name in enumerate(order)}
+    targets = sorted({r["dataset"] for r in tests}, key=lambda n: (rank.get(n, len(rank)), n))
+    plain = [r for r in unique_runs(records) if r.get("protocol", "few-shot") == "few-shot" and not r.get("ablation")]
+    zero = {r["dataset"]: [r["accuracy"]] for r in plain if r["kind"] == "zero-shot"}
+    table_rows = {"zero-shot CLIP": zero}
+    for shots in sorted({r["shots"] for r in tests}):
+        seeds = {r["seed"] for r in tests if r["shots"] == shots}
+        cells = {t: [r["accuracy"] for r in tests if r["dataset"] == t and r["shots"] == shots] for t in targets}
+        cells["ImageNet"] = [r["accuracy"] for r in plain if r["kind"] == "train" and r["dataset"] == "ImageNet"
+                             and r["shots"] == shots and r["seed"] in seeds]
+        table_rows[f"PiNI ({shots} shots)"] = cells
+    header = ["method", "ImageNet (source)", *targets, "average (targets)"]
+    rows, csv_rows = [], [["method", "dataset", "mean", "std", "n_seeds"]]
+    for method, cells in table_rows.items():
+        means = [mean_std(cells[t])[0] for t in targets if cells.get(t)]
+        rows.append([method, fmt(cells.get("ImageNet", [])), *(fmt(cells.get(t, [])) for t in targets),
+                     f"{statistics.mean(means):.2f}" if len(means) == len(targets) and means else ""])
+        csv_rows += [[method, name, *(f"{v:.4f}" for v in mean_std(cells[name])), len(cells[name])]
+                     for name in ["ImageNet", *targets] if cells.get(name)]
+    title = {"domain": "Domain generalisation", "cross-dataset": "Cross-dataset transfer"}[protocol]
+    table = _markdown(header, rows)
+    stem = protocol.replace("-", "_")
+    _write_text(out / f"{stem}.md", f"{title}: trained on ImageNet, tested unchanged on each target (PiNI keeps "
+                "its ImageNet prompt template, over whose tokens its text noise was learned); top-1 accuracy (%), "
+                "mean ± std over seeds.\n\n" + table + "\n")
+    _write_csv(out / f"{stem}.csv", csv_rows)
+    fig, ax = plt.subplots(figsize=(max(4, 1.1 * (len(targets) + 1)), 3.5))
+    for k, (method, cells) in enumerate(table_rows.items()):
+        values = [mean_std(cells[n])[0] if cells.get(n) else 0.0 for n in ["ImageNet", *targets]]
+        ax.bar([i + k / (len(table_rows) + 1) for i in range(len(values))], values,
+               width=1 / (len(table_rows) + 1), label=method)
+    ax.set_xticks(range(len(targets) + 1), ["ImageNet", *targets], rotation=30, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    _save_figure(fig, out / f"{stem}.png")
     return table
 
 

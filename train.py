@@ -165,17 +165,27 @@ def test_and_record(model, job, options, ctx, path: Path, settings: dict, histor
     return record
 
 
+def evaluate_transfer(job: Job, args, ctx: Context, run_dir: Path):
+    """Test the checkpoint of this call's ImageNet run on a target dataset (domain, cross-dataset)."""
+    if not Path(job.checkpoint).is_file():
+        tqdm.write(f"skipping {run_dir}: {job.checkpoint} is not there yet (its run is elsewhere or unfinished)")
+        return None
+    return reuse_or_run(run_dir / EVAL_RESULT, settings_of(job, args, ctx.precision), args,
+                        lambda: run_eval(job, args, ctx, run_dir, runs.load_checkpoint(job.checkpoint, ctx.device)))
+
+
 def run_eval(job: Job, args, ctx: Context, run_dir: Path, checkpoint: dict) -> dict:
     """Test saved injectors; the record goes to its own file (eval.json), never over a result."""
     options, settings = job_options(job, args), settings_of(job, args, ctx.precision)
+    path = job.checkpoint or args.checkpoint
     model = build_model(options, ctx, job.split)
     if model.per_class and job.split.classnames != checkpoint["meta"]["settings"]["classnames"]:
-        raise UsageError(f"{args.checkpoint} holds per-class noise ({variant_name(options)}): it cannot be "
+        raise UsageError(f"{path} holds per-class noise ({variant_name(options)}): it cannot be "
                          "evaluated on other classes")
-    load_injectors(model, checkpoint["injectors"], args.checkpoint)
+    load_injectors(model, checkpoint["injectors"], path)
     trained = len(checkpoint["history"])
     if trained < options.epochs:
-        tqdm.write(f"warning: {args.checkpoint} stopped after {trained} of {options.epochs} epochs: an unfinished run")
+        tqdm.write(f"warning: {path} stopped after {trained} of {options.epochs} epochs: an unfinished run")
     return test_and_record(model, job, options, ctx, run_dir / EVAL_RESULT, settings, checkpoint["history"],
                            trained_on=checkpoint["meta"]["settings"]["dataset"], epochs_trained=trained)
 
@@ -268,7 +278,7 @@ def plot_noise(model: pini.PiNI, test_loader, device, path: Path):
 def run(args) -> list:
     out = writable_output(Path(args.output_dir))
     if args.summarize:  # no model, no data: tables from the records alone
-        report.write_reports(out, ABLATION, [datasets.DATASETS[a].name for a in datasets.BENCHMARK])
+        write_reports(out)
         return []
     device = pick_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -294,14 +304,22 @@ def run(args) -> list:
         run_dir = job.run_dir(out)
         if any(job is misfit for misfit in misfits):
             continue  # the ablation's patch row on a ResNet tower: no run, the table says why
+        if job.kind == "eval" and job.source:  # a protocol's test of a run trained in this call
+            results.append(evaluate_transfer(job, args, ctx, run_dir))
+            continue
         if job.kind == "eval":
             results.append(run_eval(job, args, ctx, run_dir, checkpoint))
             continue
         compute = run_zero_shot if job.kind == "zero-shot" else run_training
         results.append(reuse_or_run(run_dir / RESULT, settings_of(job, args, precision), args,
                                     lambda: compute(job, args, ctx, run_dir)))
-    report.write_reports(out, ABLATION, [datasets.DATASETS[a].name for a in datasets.BENCHMARK])
+    write_reports(out)
     return [r for r in results if r is not None]
+
+
+def write_reports(out: Path):
+    report.write_reports(out, ABLATION, [datasets.DATASETS[a].name for a in datasets.BENCHMARK],
+                         test_only=[info.name for info in datasets.DATASETS.values() if info.test_only])
 
 
 def one_line(error: BaseException) -> str:

@@ -88,3 +88,70 @@ def test_base_trained_injectors_test_new_classes_unchanged(base_args, monkeypatc
 def test_per_class_noise_is_refused_for_new_classes(base_args, capsys):  # noqa: F811
     assert train.main(base_args + ["--protocol", "base2new", "--text-noise", "feature"]) == 2
     assert "cannot be tested on new classes" in capsys.readouterr().err
+
+
+WNIDS = {"n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark"}
+
+
+def imagenet_family(root):
+    """ImageNet (3 classes) and its four test-only variants, in CoOp's layouts; A and R hold a subset."""
+    from conftest import jpeg_bytes, touch_image
+    colors = [(220, 20, 20), (20, 220, 20), (20, 20, 220)]
+    names = "".join(f"{k} {v}\n" for k, v in WNIDS.items())
+    for folder, image_dir, wnids, n in [("imagenet", "images/train", WNIDS, 3), ("imagenet", "images/val", WNIDS, 2),
+                                        ("imagenet-sketch", "images", WNIDS, 2),
+                                        ("imagenet-adversarial", "imagenet-a", list(WNIDS)[1:], 2),
+                                        ("imagenet-rendition", "imagenet-r", list(WNIDS)[:2], 2),
+                                        ("imagenetv2", "imagenetv2-matched-frequency-format-val", ["0", "1", "2"], 2)]:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / "classnames.txt").write_text(names)
+        for k, wnid in enumerate(wnids):
+            for i in range(n):
+                touch_image(root / folder / image_dir / wnid / f"{i}.jpg", jpeg_bytes(colors[k % 3]))
+
+
+def test_domain_generalisation_end_to_end(base_args, data_root, tmp_path):  # noqa: F811
+    imagenet_family(data_root)
+    args = base_args[:-4] + ["--protocol", "domain", "--shots", "1", "--epochs", "1"]
+    assert train.main(args) == 0
+    out = tmp_path / "runs"
+    trained = json.loads((out / "imagenet/shots_1/seed_1/result.json").read_text())  # the few-shot run itself
+    tests = {alias: json.loads((out / f"{alias}/domain/shots_1/seed_1/eval.json").read_text())
+             for alias in ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")}
+    assert {a: t["n_classes"] for a, t in tests.items()} == {"imagenet_v2": 3, "imagenet_sketch": 3,
+                                                              "imagenet_a": 2, "imagenet_r": 2}  # A, R: own classes
+    assert all(t["trained_on"] == "ImageNet" and t["settings"]["template"] == "a photo of a" for t in tests.values())
+    rows = {(r["method"], r["dataset"]): r for r in csv.DictReader(open(out / "domain.csv"))}
+    assert float(rows[("PiNI (1 shots)", "ImageNet")]["mean"]) == pytest.approx(trained["accuracy"], abs=1e-3)
+    assert float(rows[("PiNI (1 shots)", "ImageNetA")]["mean"]) == pytest.approx(tests["imagenet_a"]["accuracy"],
+                                                                                 abs=1e-3)
+    assert ("zero-shot CLIP", "ImageNetR") in rows and (out / "domain.png").stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    assert "ImageNet |" in summary and "ImageNetV2" not in summary  # test-only sets are no summary rows
+    # a few-shot call on ImageNet reuses the very same run
+    assert train.main(base_args[:-4] + ["--dataset", "imagenet", "--shots", "1", "--epochs", "1"]) == 0
+    assert json.loads((out / "imagenet/shots_1/seed_1/result.json").read_text())["pid"] == trained["pid"]
+
+
+def test_cross_dataset_tests_the_imagenet_run_on_chosen_targets(base_args, data_root, tmp_path):  # noqa: F811
+    imagenet_family(data_root)
+    args = base_args[:-4] + ["--protocol", "cross-dataset", "--dataset", "caltech101", "dtd", "--shots", "1",
+                             "--epochs", "1", "--seeds", "1", "2"]
+    assert train.main(args) == 0
+    rows = list(csv.DictReader(open(tmp_path / "runs/cross_dataset.csv")))
+    pini_rows = {r["dataset"]: r for r in rows if r["method"] == "PiNI (1 shots)"}
+    assert set(pini_rows) == {"ImageNet", "Caltech101", "DescribableTextures"}
+    assert all(r["n_seeds"] == "2" for r in pini_rows.values())
+    dtd = json.loads((tmp_path / "runs/dtd/cross-dataset/shots_1/seed_1/eval.json").read_text())
+    assert dtd["settings"]["template"] == "a photo of a" and dtd["n_classes"] == 2
+
+
+def test_a_training_job_and_its_tests_share_a_shard(base_args, data_root, tmp_path, capsys):  # noqa: F811
+    imagenet_family(data_root)
+    args = train.parse_args(base_args[:-4] + ["--protocol", "domain", "--shots", "1", "--seeds", "1", "2", "3"])
+    jobs_ = train.plan(args, None)
+    for i in range(2):
+        mine = {id(j) for j in train.shard(jobs_, i, 2, args)}
+        for job in jobs_:
+            if job.source is not None:
+                assert (id(job) in mine) == (id(job.source) in mine)
