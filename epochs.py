@@ -50,8 +50,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-
-
 def writable_output(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)

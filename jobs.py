@@ -56,7 +56,6 @@ class Job:
     protocol: str = "few-shot"
     new_split: Optional[datasets.Split] = None  # base2new: the unseen classes, tested after training
     source: Optional["Job"] = None  # domain, cross-dataset: the training job whose checkpoint is tested
-    checkpoint: str = ""  # the checkpoint an "eval" job tests (else --checkpoint)
 
     def run_dir(self, out: Path) -> Path:
         name = self.split.info.alias if self.split.source != "custom" else f"own_{self.split.info.alias}"
@@ -145,11 +144,15 @@ def transfer_jobs(source: datasets.Split, targets: list, args) -> list:
     for shots in args.shots:
         for seed in args.seeds:
             trained = Job("train", source, shots, seed, sample=datasets.few_shot(source, shots, seed))
-            checkpoint = str(trained.run_dir(Path(args.output_dir)) / runs.CHECKPOINT)
             jobs.append(trained)
-            jobs += [Job("eval", target, shots, seed, protocol=args.protocol, source=trained, checkpoint=checkpoint,
+            jobs += [Job("eval", target, shots, seed, protocol=args.protocol, source=trained,
                          overrides={"template": source.info.template}) for target in targets]
     return jobs
+
+
+def tested_checkpoint(job: Job, args) -> str:
+    """The checkpoint an "eval" job tests: its training job's, or --checkpoint."""
+    return str(job.source.run_dir(Path(args.output_dir)) / runs.CHECKPOINT) if job.source else str(args.checkpoint)
 
 
 def fetch_missing(names, data_root):
@@ -183,7 +186,7 @@ def warn_short(split, shots: int, sample):
                    f"training images, all of which are used: {listing}")
 
 
-def check_images(jobs, args):
+def check_images(jobs):
     """Open every image any job will read (few-shot train and val, test), once, before the model loads."""
     by_split = {}
     for job in jobs:
@@ -226,7 +229,7 @@ def settings_of(job: Job, args, precision: str) -> dict:
     options.shots, options.seed, options.precision = job.shots, job.seed, precision
     if job.kind == "eval":
         return runs.plain({**common, **{k: getattr(options, k) for k in MODEL_KEYS},
-                           "epochs": options.epochs, "checkpoint": job.checkpoint or str(args.checkpoint),
+                           "epochs": options.epochs, "checkpoint": tested_checkpoint(job, args),
                            "inference": options.inference, "inference_samples": options.inference_samples})
     return runs.plain({**common, **{k: getattr(options, k) for k in MODEL_KEYS + TRAINING_KEYS},
                        "sample": job.sample.fingerprint, "inference": options.inference,
@@ -283,10 +286,11 @@ def shard(jobs: list, index: int, count: int, args) -> list:
     for job in jobs:
         units.setdefault(id(job.source or job), []).append(job)
     units = list(units.values())
+    costs = [sum(cost(job, args) for job in unit) for unit in units]
     loads, owner = [0] * count, {}
-    for u in sorted(range(len(units)), key=lambda u: (-sum(cost(j, args) for j in units[u]), u)):
+    for u in sorted(range(len(units)), key=lambda u: (-costs[u], u)):
         least = min(range(count), key=lambda k: (loads[k], k))
-        owner[u], loads[least] = least, loads[least] + sum(cost(j, args) for j in units[u])
+        owner[u], loads[least] = least, loads[least] + costs[u]
     mine_ids = {id(job) for u, unit in enumerate(units) if owner[u] == index for job in unit}
     mine = [job for job in jobs if id(job) in mine_ids]
     tqdm.write(f"shard {index}/{count}: {len(mine)} of {len(jobs)} jobs, estimated cost {loads[index]:,} "

@@ -66,6 +66,12 @@ def unique_runs(records) -> list:
     return list(chosen.values())
 
 
+def in_order(names, order=()) -> list:
+    """`names` sorted as in `order` (the benchmark's order), the others after them alphabetically."""
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(names, key=lambda n: (rank.get(n.split(" (")[0], len(rank)), n))
+
+
 def summary_cells(records, order=()) -> dict:
     """{row label: {column: [accuracies over seeds]}}; columns are shots, "zero-shot" for 0.
     A dataset with runs of more than one variant gets one row per variant."""
@@ -80,8 +86,7 @@ def summary_cells(records, order=()) -> dict:
         label = f"{r['dataset']} ({r.get('variant', '')})" if several and r["shots"] else r["dataset"]
         column = "zero-shot" if r["shots"] == 0 else r["shots"]
         cells.setdefault(label, {}).setdefault(column, []).append(r["accuracy"])
-    rank = {name: i for i, name in enumerate(order)}
-    return dict(sorted(cells.items(), key=lambda kv: (rank.get(kv[0].split(" (")[0], len(rank)), kv[0])))
+    return {label: cells[label] for label in in_order(cells, order)}
 
 
 def write_summary(records, out: Path, order=()) -> str:
@@ -200,8 +205,7 @@ def write_base_to_new(records, out: Path, order=()) -> str:
     the averages, as CoCoOp reports it). base2new.md, base2new.csv, base2new.png."""
     methods = {"zero-shot CLIP": [r for r in records if r["kind"] == "zero-shot"],
                "PiNI": [r for r in unique_runs(records) if r["kind"] == "train"]}
-    rank = {name: i for i, name in enumerate(order)}
-    names = sorted({r["dataset"] for r in records}, key=lambda n: (rank.get(n, len(rank)), n))
+    names = in_order({r["dataset"] for r in records}, order)
     header, rows, csv_rows = ["dataset"], [], [["dataset", "method", "base", "base_std", "new", "new_std", "H", "n_seeds"]]
     for method in methods:
         header += [f"{method} base", "new", "H"]
@@ -249,8 +253,7 @@ def write_transfer(records, protocol: str, out: Path, order=()) -> str:
     for zero-shot CLIP (each dataset's own prompt) and PiNI trained on ImageNet (one row per shots),
     mean ± std over seeds, and the average over the targets. <protocol>.md, .csv and .png."""
     tests = [r for r in records if r["kind"] == "eval" and r.get("protocol") == protocol]
-    rank = {name: i for i, name in enumerate(order)}
-    targets = sorted({r["dataset"] for r in tests}, key=lambda n: (rank.get(n, len(rank)), n))
+    targets = in_order({r["dataset"] for r in tests}, order)
     plain = [r for r in unique_runs(records) if r.get("protocol", "few-shot") == "few-shot" and not r.get("ablation")]
     zero = {r["dataset"]: [r["accuracy"]] for r in plain if r["kind"] == "zero-shot"}
     table_rows = {"zero-shot CLIP": zero}

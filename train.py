@@ -41,7 +41,7 @@ import runs
 from epochs import (Context, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_precision,
                     train_epoch, writable_output, zero_shot_accuracy)
 from jobs import (ABLATION, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of, shard,
-                  training_settings, variant_name)
+                  tested_checkpoint, training_settings, variant_name)
 from runs import CHECKPOINT, EVAL_RESULT, RESULT, UsageError
 
 
@@ -94,10 +94,15 @@ def new_class_accuracy(model: pini.PiNI, job: Job, options, ctx: Context) -> dic
     """The trained injectors, unchanged, on the unseen classes: their own prompts, their test images."""
     unseen = build_model(options, ctx, job.new_split)
     load_injectors(unseen, injector_state(model), "the base-class run")
-    seed_everything(job.seed)
-    test_loader = loader(job.new_split.test, ctx.eval_tf, options.test_batch_size, options.workers)
-    return {"accuracy_new": evaluate(unseen, test_loader, ctx, options.inference, options.inference_samples),
+    return {"accuracy_new": test_pass(unseen, job.new_split, job.seed, options, ctx)[0],
             "n_test_new": len(job.new_split.test)}
+
+
+def test_pass(model: pini.PiNI, split, seed: int, options, ctx: Context):
+    """(top-1 accuracy on the split's test set, its loader), in the run's inference mode."""
+    test_loader = loader(split.test, ctx.eval_tf, options.test_batch_size, options.workers)
+    seed_everything(seed)  # the "sample" inference mode draws noise: make it repeatable
+    return evaluate(model, test_loader, ctx, options.inference, options.inference_samples), test_loader
 
 
 def restore(path: Path, meta: dict, model, optimizer, scheduler, scaler, resume: bool, device) -> list:
@@ -144,9 +149,7 @@ def train(model, job, options, ctx, optimizer, scheduler, scaler, history: list,
 
 
 def test_and_record(model, job, options, ctx, path: Path, settings: dict, history: list, **extra) -> dict:
-    test_loader = loader(job.split.test, ctx.eval_tf, options.test_batch_size, options.workers)
-    seed_everything(job.seed)  # the "sample" inference mode draws noise: make it repeatable
-    accuracy = evaluate(model, test_loader, ctx, options.inference, options.inference_samples)
+    accuracy, test_loader = test_pass(model, job.split, job.seed, options, ctx)
     n_train = len(job.sample.train) if job.sample else 0
     record = {"kind": job.kind, "protocol": job.protocol, "dataset": job.split.info.name, "shots": job.shots,
               "seed": job.seed,
@@ -167,17 +170,18 @@ def test_and_record(model, job, options, ctx, path: Path, settings: dict, histor
 
 def evaluate_transfer(job: Job, args, ctx: Context, run_dir: Path):
     """Test the checkpoint of this call's ImageNet run on a target dataset (domain, cross-dataset)."""
-    if not Path(job.checkpoint).is_file():
-        tqdm.write(f"skipping {run_dir}: {job.checkpoint} is not there yet (its run is elsewhere or unfinished)")
+    path = tested_checkpoint(job, args)
+    if not Path(path).is_file():
+        tqdm.write(f"skipping {run_dir}: {path} is not there yet (its run is elsewhere or unfinished)")
         return None
     return reuse_or_run(run_dir / EVAL_RESULT, settings_of(job, args, ctx.precision), args,
-                        lambda: run_eval(job, args, ctx, run_dir, runs.load_checkpoint(job.checkpoint, ctx.device)))
+                        lambda: run_eval(job, args, ctx, run_dir, runs.load_checkpoint(path, ctx.device)))
 
 
 def run_eval(job: Job, args, ctx: Context, run_dir: Path, checkpoint: dict) -> dict:
     """Test saved injectors; the record goes to its own file (eval.json), never over a result."""
     options, settings = job_options(job, args), settings_of(job, args, ctx.precision)
-    path = job.checkpoint or args.checkpoint
+    path = tested_checkpoint(job, args)
     model = build_model(options, ctx, job.split)
     if model.per_class and job.split.classnames != checkpoint["meta"]["settings"]["classnames"]:
         raise UsageError(f"{path} holds per-class noise ({variant_name(options)}): it cannot be "
@@ -216,9 +220,8 @@ def run_zero_shot(job: Job, args, ctx: Context, run_dir: Path) -> dict:
 
 
 # -----------------------------------------------------------------------------------------
-# Evaluation and checkpoints
+# Checkpoints
 # -----------------------------------------------------------------------------------------
-
 
 def injector_state(model: pini.PiNI) -> dict:
     """The trainable state only: the injectors (CLIP is never changed, so never saved)."""
@@ -286,7 +289,7 @@ def run(args) -> list:
     jobs = plan(args, checkpoint)  # data problems first: cheap
     if args.shard:
         jobs = shard(jobs, *args.shard, args)
-    check_images(jobs, args)
+    check_images(jobs)
     model, weights = args.model, args.pretrained
     if checkpoint:  # the CLIP its injectors were trained with, whatever the command line says
         model, weights = checkpoint["meta"]["settings"]["model"], checkpoint["meta"]["settings"]["pretrained"]
