@@ -12,13 +12,11 @@ and the same few-shot samples (Dassl's generate_fewshot_dataset, reproduced exac
     few_shot(split, shots, seed)          -> FewShot: k training images per class (+ min(k, 4) val),
                                              CoOp's own sample, cached as fingerprinted JSON;
                                              .record() for result.json
-    verify_images(items, name)            -> decode every image up front (parallel, remembered)
-    ImageDataset(items, transform)        -> a torch Dataset of (image, label); .set_epoch(seed)
-                                             makes augmentation independent of --workers
 
 Caches never go stale: each carries a fingerprint of what it was made from and is made again,
 with a warning, when that changed. A split this module generates is never named like CoOp's.
-This module knows nothing of models: transforms are passed in.
+Reading the images themselves (verifying, decoding once, the torch Dataset) is image_data.py.
+This module knows nothing of models.
 """
 
 from __future__ import annotations
@@ -33,14 +31,11 @@ import random
 import re
 import warnings
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch.utils.data
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
-from tqdm import tqdm
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 COOP_DATASETS_DOC = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 
@@ -954,115 +949,6 @@ def check_files(items, name: str = "dataset"):
         listing = "\n".join("    " + p for p in missing[:5])
         raise DatasetError(f"{name}: {len(missing)} of {len(items)} images named by the split are missing, "
                            f"e.g.\n{listing}\nIs the data root right, and is the dataset fully extracted?")
-
-
-def load_image(path: str):
-    """The one way images are read, by training, evaluation and verify_images alike."""
-    return default_loader(path)
-
-
-def _image_problem(path: str) -> Optional[str]:
-    """None when the image decodes fully (a truncated JPEG passes PIL's verify() but not this)."""
-    try:
-        load_image(path)
-        return None
-    except Exception as error:  # PIL raises many types
-        return f"{type(error).__name__}: {error}"
-
-
-def verify_images(items, name: str = "dataset", cache_path=None, workers: Optional[int] = None,
-                  progress: bool = True) -> int:
-    """Open and fully decode every image a run will read, before any training: a bad test image
-    is otherwise found only after the last epoch. Runs in threads (Pillow decodes without the GIL),
-    with a progress bar; images that decoded once are remembered by (path, size, mtime) in a JSON
-    file (`cache_path`, default <user cache>/verified_images.json), so the next run is instant.
-    Returns the number of images decoded now; raises one DatasetError listing the bad ones.
-    """
-    cache_path = Path(cache_path) if cache_path else user_cache_dir() / "verified_images.json"
-    known = _read_verified(cache_path)
-    paths = list(dict.fromkeys(os.path.abspath(item.path) for item in items))  # keys valid from any cwd
-    bad, todo = [], []
-    for path in paths:
-        try:
-            stat = os.stat(path)
-        except OSError as error:
-            bad.append((path, "missing" if isinstance(error, FileNotFoundError) else error.strerror))
-            continue
-        stamp = [stat.st_size, stat.st_mtime_ns]
-        if known.get(path) != stamp:
-            todo.append((path, stamp))
-    good = {}
-    if todo:
-        workers = workers or min(8, 2 * (os.cpu_count() or 1))
-        with ThreadPoolExecutor(workers) as pool, \
-                tqdm(total=len(todo), desc=f"checking {name} images", unit="img", disable=not progress) as bar:
-            for (path, stamp), problem in zip(todo, pool.map(_image_problem, [p for p, _ in todo])):
-                bar.update()
-                if problem:
-                    bad.append((path, problem))
-                else:
-                    good[path] = stamp
-    if good:
-        merged = _read_verified(cache_path)  # another run may have added entries meanwhile
-        merged.update(good)
-        _write_cache(cache_path.name, [cache_path.parent], merged)
-    if bad:
-        listing = "\n".join(f"    {path}: {why}" for path, why in bad[:5])
-        raise DatasetError(f"{name}: {len(bad)} of {len(paths)} images cannot be read, e.g.\n{listing}\n"
-                           "Replace or re-extract them (is the dataset fully downloaded?)")
-    return len(todo)
-
-
-def _read_verified(path: Path) -> dict:
-    try:
-        raw = json.loads(path.read_text())
-        return raw if isinstance(raw, dict) else {}
-    except (OSError, ValueError):
-        return {}  # no cache yet, or a broken one: check everything again
-
-
-# -----------------------------------------------------------------------------------------
-# Loading images
-# -----------------------------------------------------------------------------------------
-
-def sample_seed(epoch_seed: int, index: int) -> int:
-    """A 64-bit seed for one sample in one epoch, well mixed (no overlap between nearby seeds)."""
-    return int.from_bytes(hashlib.blake2b(f"{epoch_seed}:{index}".encode(), digest_size=8).digest(), "little")
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """(image tensor, label) for a list of Items; an unreadable image raises with its path.
-
-    set_epoch(seed) makes each sample's augmentation a function of (seed, index) only: the
-    transform runs under torch's CPU random generator forked and seeded from them, so the same
-    seed gives the same crops whichever worker process loads the sample (or the main process,
-    whose random state is left untouched). Transforms must draw from torch's generator, as every
-    torchvision transform does. Call it before iterating a DataLoader (workers get a copy of the
-    dataset when an iteration starts, so not with persistent_workers=True).
-    """
-
-    def __init__(self, items, transform: Callable):
-        self.items, self.transform = list(items), transform
-        self.epoch_seed = None
-
-    def set_epoch(self, seed: Optional[int]):
-        """Seed this epoch's augmentation (None: draw from the global generator, as before)."""
-        self.epoch_seed = seed
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        item = self.items[index]
-        try:
-            image = load_image(item.path)
-        except Exception as error:  # PIL raises many types: say which file it was
-            raise DatasetError(f"cannot read image {item.path}: {error}") from None
-        if self.epoch_seed is None:
-            return self.transform(image), item.label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.epoch_seed, index))
-            return self.transform(image), item.label
 
 
 if __name__ == "__main__":  # python datasets.py download NAME [NAME ...|all]: see downloads.py

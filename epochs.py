@@ -12,11 +12,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm import tqdm
 
-import datasets
+import image_data
 import pini
 from runs import UsageError
 
@@ -73,6 +74,7 @@ class Context:
     eval_tf: object
     device: torch.device
     precision: str
+    augment: str = "pil"
 
     @property
     def amp_dtype(self):
@@ -82,16 +84,62 @@ class Context:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
 
-def loader(items, transform, batch_size, workers, shuffle=False, seed=0):
-    """A DataLoader whose augmentation of image i depends on (seed, i) only — not on `workers`
-    (see datasets.ImageDataset.set_epoch) — and whose shuffle order depends on `seed` only."""
-    dataset = datasets.ImageDataset(items, transform)
-    dataset.set_epoch(seed)
+def loader(items, transform, batch_size, workers, shuffle=False, seed=0, load=None):
+    """A DataLoader whose augmentation of image i depends on (seed, i) only — not on `workers` —
+    and whose order depends on `seed` only. `loader.sampler.set_epoch(s)` moves it to epoch s;
+    its workers stay alive across epochs (the seed travels with each index: image_data.EpochSampler).
+    load: how a path becomes the transform's input (default: decoded from disk by PIL)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+        image_data.ImageDataset(items, transform, load), batch_size=batch_size, num_workers=workers,
+        sampler=image_data.EpochSampler(len(items), shuffle, seed),
         drop_last=shuffle and len(items) >= batch_size,  # as Dassl: no ragged last training batch
-        generator=torch.Generator().manual_seed(seed), persistent_workers=False,
-        pin_memory=torch.cuda.is_available())
+        generator=torch.Generator(),  # the workers' base seed: never drawn from the global generator
+        persistent_workers=workers > 0, pin_memory=load is None and torch.cuda.is_available())
+
+
+AUGMENT = ("auto", "pil", "tensor")
+
+
+def resolve_augment(augment: str, device: torch.device) -> str:
+    """auto: the tensor path on a GPU (where decoding and resizing JPEGs on CPU workers is what
+    an epoch waits for), the authors' PIL path on the CPU (where the image tower dominates)."""
+    if augment == "auto":
+        return "tensor" if device.type == "cuda" else "pil"
+    return augment
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory the system can still give (Linux's MemAvailable); None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def kept_images(items, options, ctx: Context) -> dict:
+    """--augment tensor: every training image decoded once and kept as uint8 (image_data.DECODED),
+    after checking that the ones not kept yet fit in memory."""
+    missing = image_data.DECODED.missing(items)
+    needed, available = image_data.decoded_bytes(missing), available_memory()
+    if available is not None and needed > 0.8 * available:
+        raise UsageError(f"--augment tensor keeps the {len(missing)} training images decoded in memory: "
+                         f"{needed / 2**30:.1f} GiB, but {available / 2**30:.1f} GiB is available. Use "
+                         "--augment pil (decodes them from disk every epoch, in --workers processes)")
+    return image_data.DECODED.keep(items, options.workers, pin=ctx.device.type == "cuda")
+
+
+def training_loader(items, options, ctx: Context):
+    """The training images, augmented: by PIL in --workers processes (--augment pil, the authors'
+    data path) or, with each image decoded once, by tensor ops on the training device in this
+    process (--augment tensor). The same crop boxes and flips either way (see pini.train_transform)."""
+    if ctx.augment == "pil":
+        return loader(items, ctx.train_tf, options.batch_size, options.workers, shuffle=True)
+    kept, device = kept_images(items, options, ctx), ctx.device
+    return loader(items, ctx.train_tf, options.batch_size, workers=0, shuffle=True,
+                  load=lambda path: kept[path].to(device, non_blocking=True))
 
 
 def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr: float) -> float:
@@ -161,12 +209,11 @@ def epoch_batches(model, items, options, ctx: Context):
         features = view_features(model, items, ctx.train_tf, options, ctx)  # (n, V, D)
         labels = torch.tensor([item.label for item in items])
         return lambda epoch_seed: cached_batches(features, labels, options.batch_size, epoch_seed)
-    train_loader = loader(items, ctx.train_tf, options.batch_size, options.workers, shuffle=True)
+    train_loader = training_loader(items, options, ctx)
 
     def image_batches(epoch_seed):
-        train_loader.generator.manual_seed(epoch_seed)
-        train_loader.dataset.set_epoch(epoch_seed)
-        return ((images, None, labels) for images, labels in train_loader)
+        train_loader.sampler.set_epoch(epoch_seed)
+        return ((pixels, None, labels) for pixels, labels in train_loader)
 
     return image_batches
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import datasets
 import downloads
+import image_data
 import pini
 import runs
 from runs import UsageError
@@ -195,7 +196,7 @@ def check_images(jobs):
             items.update((item.path, item) for item in job.sample.train + job.sample.val)
     for split, items in by_split.values():
         items.update((item.path, item) for item in split.test)
-        datasets.verify_images(list(items.values()), split.info.name)
+        image_data.verify_images(list(items.values()), split.info.name)
 
 
 # -----------------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def check_images(jobs):
 MODEL_KEYS = ("model", "pretrained", "text_noise", "text_generator", "image_noise", "control", "n_ctx",
               "reduction", "pixel_level", "template", "shots", "seed")
 TRAINING_KEYS = ("noise_samples", "ce_weight", "kl_weight", "prior_std", "epochs", "lr", "batch_size",
-                 "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "cache_views", "precision")
+                 "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "cache_views", "precision", "augment")
 
 
 def job_options(job: Job, args) -> argparse.Namespace:

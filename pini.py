@@ -57,7 +57,7 @@ import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision import transforms as T
+from torchvision.transforms import v2
 from torchvision.models.resnet import BasicBlock
 
 # -----------------------------------------------------------------------------------------
@@ -189,23 +189,31 @@ def _check_weights_reachable(name: str, tag: str):
             "file and pass its path as --pretrained), or use --pretrained none for random weights") from None
 
 
-def train_transform(preprocess_cfg: dict) -> T.Compose:
+def train_transform(preprocess_cfg: dict) -> v2.Compose:
     """The few-shot training augmentation of CoOp and the authors' code, sized for this CLIP.
 
     Random resized crop (scale 0.08–1, the torchvision default Dassl uses) and a horizontal
     flip, then CLIP's own normalisation. open_clip's training transform has no flip and a
     milder crop (0.9–1), so we build this one ourselves from the model's preprocessing config.
+
+    One torchvision (v2) transform serves both data paths of train.py (`--augment`): given a
+    PIL image it crops and resizes with PIL, exactly as the authors' (v1) transform does; given a
+    (3, H, W) uint8 tensor — on the CPU or a GPU — it draws the same crop box and flip from
+    torch's generator and resizes with torch's antialiased bicubic kernel. Same boxes, same
+    flips, same kernel; PIL's fixed-point arithmetic and torch's differ by a fraction of a grey
+    level per pixel on average, at most 3 levels of 255 (tests/test_image_data.py measures it).
     """
     size = preprocess_cfg["size"]
     size = size if isinstance(size, int) else tuple(size)
     bilinear = preprocess_cfg.get("interpolation") == "bilinear"
-    interpolation = T.InterpolationMode.BILINEAR if bilinear else T.InterpolationMode.BICUBIC
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=interpolation),
-        T.RandomHorizontalFlip(),
-        T.Lambda(lambda image: image.convert("RGB")),
-        T.ToTensor(),
-        T.Normalize(preprocess_cfg["mean"], preprocess_cfg["std"]),
+    interpolation = v2.InterpolationMode.BILINEAR if bilinear else v2.InterpolationMode.BICUBIC
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=interpolation, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToImage(),                           # PIL image -> (3, H, W) uint8 (a tensor stays one)
+        v2.ToDtype(torch.float32, scale=True),  # uint8 -> [0, 1], as ToTensor
+        v2.Normalize(preprocess_cfg["mean"], preprocess_cfg["std"]),
+        v2.ToPureTensor(),
     ])
 
 

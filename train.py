@@ -38,8 +38,8 @@ import pini
 import published
 import report
 import runs
-from epochs import (Context, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_precision,
-                    train_epoch, writable_output, zero_shot_accuracy)
+from epochs import (Context, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_augment,
+                    resolve_precision, train_epoch, writable_output, zero_shot_accuracy)
 from jobs import (ABLATION, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of, shard,
                   tested_checkpoint, training_settings, variant_name)
 from runs import CHECKPOINT, EVAL_RESULT, RESULT, UsageError
@@ -285,6 +285,7 @@ def run(args) -> list:
         return []
     device = pick_device(args.device)
     precision = resolve_precision(args.precision, device)
+    args.augment = resolve_augment(args.augment, device)  # recorded resolved, as the precision
     checkpoint = runs.load_checkpoint(args.checkpoint, device) if args.eval_only else None
     jobs = plan(args, checkpoint)  # data problems first: cheap
     if args.shard:
@@ -296,7 +297,8 @@ def run(args) -> list:
         if (model, weights) != (args.model, args.pretrained):
             tqdm.write(f"evaluating with the checkpoint's CLIP: --model {model} --pretrained {weights}")
     torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
-    ctx = Context(*pini.load_clip(model, weights, device), device=device, precision=precision)
+    ctx = Context(*pini.load_clip(model, weights, device), device=device, precision=precision,
+                  augment=args.augment)
     misfits = [j for j in jobs if j.kind == "train" and not pini.fits(ctx.clip, job_options(j, args).image_noise)]
     if any(not j.ablation for j in misfits):
         raise UsageError(f"--image-noise {args.image_noise} needs a ViT image tower (patch tokens); "

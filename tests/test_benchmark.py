@@ -17,3 +17,67 @@ def test_benchmark_prints_a_ratio(capsys):
     assert row, out
     this, authors, ratio = map(float, row.groups())
     assert abs(ratio - this / authors) < 0.01 * ratio + 0.01
+
+
+# ----------------------------------------------------------------------------------------------
+# The epoch benchmark
+# ----------------------------------------------------------------------------------------------
+
+def load_epoch_script():
+    spec = importlib.util.spec_from_file_location("epoch_bench", SCRIPT.parent / "epoch.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_profiled_step_is_the_training_step(config_dir, tmp_path):
+    """benchmarks/epoch.py times the parts of a step separately, splitting the backward pass at the
+    text features: the parameters it reaches must be exactly those train.py's step reaches."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+
+    import epochs
+    import pini
+
+    bench = load_epoch_script()
+    items = bench.training_set(tmp_path / "data", classes=3, shots=2, distinct=3)
+    torch.manual_seed(0)
+    clip, tokenizer, train_tf, _ = pini.load_clip(str(config_dir / "tiny-vit.json"), "none")
+    ctx = epochs.Context(clip, tokenizer, train_tf, None, torch.device("cpu"), "fp32", "tensor")
+    options = SimpleNamespace(batch_size=3, workers=0, cache_views=0, noise_samples=2, ce_weight=1.0,
+                              kl_weight=0.1, prior_std=1.0)
+    start = pini.PiNI(clip, tokenizer, [f"class number {c}" for c in range(3)])
+    after = {}
+    for name in ["train.py", "profiled"]:
+        model = copy.deepcopy(start)
+        optimizer = bench.sgd(model.trainable_parameters())
+        batches_of = epochs.epoch_batches(model, items, options, ctx)
+        torch.manual_seed(1)
+        if name == "train.py":
+            epochs.train_epoch(model, bench.take(batches_of(5), 2), optimizer, None, options, ctx)
+        else:
+            seconds, count = bench.our_parts(model, batches_of, optimizer, None, options, ctx, 2, seed=5)
+            assert count == 2 and set(seconds) == set(bench.PARTS) and all(s > 0 for s in seconds.values())
+        after[name] = [p.detach().clone() for p in model.trainable_parameters()]
+    before = list(start.trainable_parameters())
+    text_mu = start.text_injector.mu
+    index = next(i for i, p in enumerate(before) if p is text_mu)
+    assert not torch.equal(after["train.py"][index], text_mu)  # the text side was trained: the check can fail
+    for ours, profiled in zip(after["train.py"], after["profiled"], strict=True):
+        torch.testing.assert_close(profiled, ours, rtol=1e-5, atol=1e-7)
+
+
+def test_epoch_benchmark_reports_its_parts_and_ratios(config_dir, tmp_path, capsys):
+    bench = load_epoch_script()
+    results = bench.main(["--model", str(config_dir / "tiny-vit.json"), "--classes", "3", "--shots", "4",
+                          "--batch-size", "4", "--workers", "0", "--device", "cpu", "--data", str(tmp_path)])
+    out = capsys.readouterr().out
+    (r,) = results
+    assert r["per_epoch"] == r["timed"] == 3 and r["augment"] == "pil"  # 12 images, batch 4; auto on the CPU
+    assert "3 classes × 4 shots, batch 4, CPU" in out and "32×32 px" in out
+    floor = float(re.search(r"epoch / image-tower floor: ([\d.]+)x", out).group(1))
+    assert abs(floor - r["ours"] / r["parts"]["image tower"]) < 0.01 * floor
+    shares = [float(x) for x in re.findall(r"^\s{4}\S.*?\s([\d.]+) %$", out, re.M)]
+    assert len(shares) == 5 and abs(sum(shares) - 100) < 0.5

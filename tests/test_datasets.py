@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import datasets
+import image_data
 from conftest import JPEG, touch_image, write_json_split
 from datasets import DatasetError
 
@@ -211,7 +212,7 @@ def test_missing_images_are_counted_and_listed(small_split):
 def test_corrupt_image_names_its_path(small_split):
     bad = Path(small_split.train[0].path)
     bad.write_bytes(b"not a jpeg")
-    dataset = datasets.ImageDataset(small_split.train, transform=lambda image: image.size)
+    dataset = image_data.ImageDataset(small_split.train, transform=lambda image: image.size)
     assert dataset[1] == ((8, 8), 0)
     with pytest.raises(DatasetError, match=f"cannot read image {bad}"):
         dataset[0]

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision.transforms as T
 from PIL import Image
 
 import datasets
+import image_data
 from conftest import JPEG, touch_image, write_json_split
 from datasets import DatasetError
 
@@ -140,61 +140,16 @@ def test_verify_images_finds_truncated_and_garbage_files_and_remembers_good_ones
     (tmp_path / "3.jpg").unlink()
     cache = tmp_path / "verified.json"
     with pytest.raises(DatasetError) as error:
-        datasets.verify_images(items, "DTD test", cache_path=cache, progress=False)
+        image_data.verify_images(items, "DTD test", cache_path=cache, progress=False)
     message = str(error.value)
     assert message.startswith("DTD test: 3 of 6 images cannot be read")
     assert f"{truncated}: OSError: image file is truncated" in message
     assert f"{tmp_path / '3.jpg'}: missing" in message and str(tmp_path / "2.jpg") in message
     assert set(json.loads(cache.read_text())) == {str(tmp_path / f"{i}.jpg") for i in (0, 4, 5)}
     good = [items[i] for i in (0, 4, 5)]
-    assert datasets.verify_images(good, "x", cache_path=cache, progress=False) == 0  # remembered: none decoded
+    assert image_data.verify_images(good, "x", cache_path=cache, progress=False) == 0  # remembered: none decoded
     touch_image(tmp_path / "4.jpg", JPEG)  # replaced: new size and mtime, checked again
-    assert datasets.verify_images(good, "x", cache_path=cache, progress=False) == 1
-
-
-# ----------------------------------------------------------------------------------------------
-# Augmentation independent of --workers
-# ----------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def noise_items(tmp_path):
-    items = []
-    for i in range(8):
-        touch_image(tmp_path / f"{i}.png", noise_png(i))
-        items.append(datasets.Item(str(tmp_path / f"{i}.png"), i % 2, "ab"[i % 2]))
-    return items
-
-
-AUGMENT = T.Compose([T.RandomResizedCrop(16, scale=(0.2, 1.0)), T.RandomHorizontalFlip(), T.ToTensor()])
-
-
-def epoch_tensors(items, workers: int, seed: int):
-    dataset = datasets.ImageDataset(items, AUGMENT)
-    dataset.set_epoch(seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=True, num_workers=workers,
-                                         generator=torch.Generator().manual_seed(seed))
-    return [(images, labels) for images, labels in loader]
-
-
-def test_augmentation_is_the_same_with_0_and_2_workers(noise_items):
-    torch.manual_seed(123)
-    before = torch.random.get_rng_state()
-    main = epoch_tensors(noise_items, 0, seed=7)
-    assert torch.equal(torch.random.get_rng_state(), before)  # the main process's generator is untouched
-    workers = epoch_tensors(noise_items, 2, seed=7)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(main, workers))
-    other = epoch_tensors(noise_items, 0, seed=8)  # another epoch seed: other crops
-    assert not torch.equal(torch.cat([b[0] for b in main]), torch.cat([b[0] for b in other]))
-
-
-def test_same_sample_same_crop_in_any_order(noise_items):
-    dataset = datasets.ImageDataset(noise_items, AUGMENT)
-    dataset.set_epoch(5)
-    forward = [dataset[i][0] for i in range(8)]
-    backward = [dataset[i][0] for i in reversed(range(8))][::-1]
-    assert all(torch.equal(a, b) for a, b in zip(forward, backward))
-    dataset.set_epoch(6)
-    assert sum(torch.equal(a, dataset[i][0]) for i, a in enumerate(forward)) < 8
+    assert image_data.verify_images(good, "x", cache_path=cache, progress=False) == 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 import csv
 import json
 
+import open_clip
 import pytest
 import torch
 from PIL import Image
@@ -215,6 +216,53 @@ def test_cached_views_encode_each_training_image_once_per_view(base_args, monkey
     again = json.loads((tmp_path / "again/caltech101/shots_2/seed_1/result.json").read_text())
     assert again["accuracy"] == result["accuracy"]
     assert [h["loss"] for h in again["history"]] == [h["loss"] for h in result["history"]]
+
+
+def textured_caltech(root):
+    """Caltech's layout with textured 60×45 JPEGs: every crop box and flip gives other pixels."""
+    split = write_json_split(root / "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", CLASSES,
+                             per_class=(4, 1, 2))
+    for i, (relative, _, _) in enumerate(split["train"] + split["val"] + split["test"]):
+        noise = torch.randint(0, 256, (9, 12, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8)
+        image = Image.fromarray(noise.numpy()).resize((60, 45), Image.BICUBIC)
+        image.save(root / "caltech-101" / "101_ObjectCategories" / relative, quality=95)
+    return root
+
+
+def test_tensor_augmentation_feeds_the_pil_paths_batches(base_args, monkeypatch, tmp_path, capsys):
+    """--augment tensor: the batches of --augment pil (order, labels, crop boxes, flips) with the
+    pixels within a few grey levels; the choice is a setting of the run."""
+    fed = {}
+
+    def recording(model, batches, optimizer, scaler, options, ctx):
+        batches = list(batches)
+        fed.setdefault(ctx.augment, []).append(batches)
+        return epochs.train_epoch(model, iter(batches), optimizer, scaler, options, ctx)
+
+    monkeypatch.setattr(train, "train_epoch", recording)
+    root = textured_caltech(tmp_path / "data")
+    args = base_args + ["--dataset", "caltech101", "--shots", "2", "--data-root", str(root)]
+    for augment in ["pil", "tensor"]:
+        assert train.main(args + ["--augment", augment, "--output-dir", str(tmp_path / augment)]) == 0
+        assert read_result(["--output-dir", str(tmp_path / augment)])["settings"]["augment"] == augment
+    grey_level = 1 / 255 / min(open_clip.OPENAI_DATASET_STD)  # in normalised units (the tiny CLIP uses them)
+    for pil_epoch, tensor_epoch in zip(fed["pil"], fed["tensor"], strict=True):
+        for (pil, _, pil_labels), (tensor, _, tensor_labels) in zip(pil_epoch, tensor_epoch, strict=True):
+            assert torch.equal(pil_labels, tensor_labels)
+            assert (pil - tensor).abs().max() < 4.5 * grey_level and (pil - tensor).abs().mean() < 0.5 * grey_level
+    first, second = fed["pil"]  # the check can fail: another epoch's crops are far apart
+    assert (first[0][0] - second[0][0]).abs().mean() > 10 * grey_level
+
+    # a run made with one path is not silently reused for the other
+    assert train.main(args + ["--augment", "pil", "--output-dir", str(tmp_path / "tensor")]) == 2
+    assert "augment: tensor → pil" in capsys.readouterr().err
+
+
+def test_tensor_augmentation_that_does_not_fit_in_memory_says_what_to_do(base_args, monkeypatch, capsys):
+    monkeypatch.setattr(epochs, "available_memory", lambda: 1000)
+    assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2", "--augment", "tensor"]) == 2
+    message = capsys.readouterr().err
+    assert "--augment tensor keeps the 8 training images decoded in memory" in message and "--augment pil" in message
 
 
 def test_cached_views_refuse_the_pixel_injector(base_args, capsys):

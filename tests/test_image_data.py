@@ -1,0 +1,231 @@
+"""Reading training images: seeds that travel with indices, images decoded once, and the two
+augmentation paths (--augment pil / tensor) drawing the same crops and flips."""
+import io
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torchvision.transforms import v2
+
+import datasets
+import epochs
+import image_data
+import pini
+from conftest import touch_image
+
+CLIP_CFG = {"size": 224, "interpolation": "bicubic", "mean": (0.48145466, 0.4578275, 0.40821073),
+            "std": (0.26862954, 0.26130258, 0.27577711)}
+
+
+def noise_png(seed: int, size=32) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def photo(width=500, height=375, seed=0) -> Image.Image:
+    """A photograph-like RGB image: smooth shapes (a small random image upsampled) plus fine grain."""
+    rng = np.random.default_rng(seed)
+    smooth = Image.fromarray((rng.random((height // 8, width // 8, 3)) * 255).astype(np.uint8))
+    smooth = np.asarray(smooth.resize((width, height), Image.BICUBIC)).astype(np.int16)
+    grain = rng.integers(-12, 13, (height, width, 3))
+    return Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation independent of --workers, across epochs with persistent workers
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def noise_items(tmp_path):
+    items = []
+    for i in range(8):
+        touch_image(tmp_path / f"{i}.png", noise_png(i))
+        items.append(datasets.Item(str(tmp_path / f"{i}.png"), i % 2, "ab"[i % 2]))
+    return items
+
+
+AUGMENT = T.Compose([T.RandomResizedCrop(16, scale=(0.2, 1.0)), T.RandomHorizontalFlip(), T.ToTensor()])
+
+
+def epochs_of(items, workers: int, seeds):
+    loader = epochs.loader(items, AUGMENT, batch_size=3, workers=workers, shuffle=True)
+    batches = []
+    for seed in seeds:  # the same loader (and, with workers, the same worker processes) for every epoch
+        loader.sampler.set_epoch(seed)
+        batches.append([(images, labels) for images, labels in loader])
+    return batches
+
+
+def same_batches(a, b) -> bool:
+    return all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+
+
+def test_augmentation_is_the_same_with_0_and_2_persistent_workers_in_every_epoch(noise_items):
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    main = epochs_of(noise_items, 0, seeds=[7, 8])
+    assert torch.equal(torch.random.get_rng_state(), before)  # the main process's generator is untouched
+    workers = epochs_of(noise_items, 2, seeds=[7, 8])
+    assert same_batches(main[0], workers[0]) and same_batches(main[1], workers[1])
+    # the second epoch really is another epoch: other order and other crops
+    assert not torch.equal(torch.cat([b[0] for b in main[0]]), torch.cat([b[0] for b in main[1]]))
+
+
+def test_same_sample_same_crop_in_any_order(noise_items):
+    dataset = image_data.ImageDataset(noise_items, AUGMENT)
+    forward = [dataset[(5, i)][0] for i in range(8)]
+    backward = [dataset[(5, i)][0] for i in reversed(range(8))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(forward, backward))
+    assert sum(torch.equal(a, dataset[(6, i)][0]) for i, a in enumerate(forward)) < 8
+
+
+def test_sampler_order_depends_on_the_seed_only():
+    first = list(image_data.EpochSampler(10, shuffle=True, seed=3))
+    assert first == list(image_data.EpochSampler(10, shuffle=True, seed=3))
+    assert sorted(i for _, i in first) == list(range(10)) and {s for s, _ in first} == {3}
+    assert first != list(image_data.EpochSampler(10, shuffle=True, seed=4))
+    assert [i for _, i in image_data.EpochSampler(4, shuffle=False)] == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoded once
+# ----------------------------------------------------------------------------------------------
+
+def test_decoded_images_are_loads_pixels_kept_once_and_bounded_by_one_training_set(tmp_path, monkeypatch):
+    items = []
+    for i, (w, h) in enumerate([(40, 30), (30, 50), (64, 64)]):
+        photo(w, h, seed=i).save(tmp_path / f"{i}.jpg", quality=90)
+        items.append(datasets.Item(str(tmp_path / f"{i}.jpg"), i, str(i)))
+    assert image_data.decoded_bytes(items + items[:1]) == 3 * (40 * 30 + 30 * 50 + 64 * 64)  # distinct paths
+    reads = []
+    real = image_data.load_image
+    monkeypatch.setattr(image_data, "load_image", lambda path: reads.append(path) or real(path))
+    cache = image_data.DecodedImages()
+    kept = cache.keep(items, progress=False)
+    for item in items:
+        expected = torch.from_numpy(np.array(real(item.path))).permute(2, 0, 1)
+        assert kept[item.path].dtype == torch.uint8 and torch.equal(kept[item.path], expected)
+    cache.keep(items[:2], progress=False)  # a second training set within the first: nothing decoded
+    assert sorted(reads) == sorted(item.path for item in items)
+    assert set(cache.images) == {items[0].path, items[1].path}  # the image no job uses is dropped
+    assert cache.missing(items) == [items[2]]
+
+
+# ----------------------------------------------------------------------------------------------
+# The two augmentation paths: same crop boxes, same flips, same kernel
+# ----------------------------------------------------------------------------------------------
+
+def draws(transform, image, seeds):
+    """The crop box and flip `transform` draws for `image` under each seed."""
+    boxes, flips = [], []
+    crop, flip = transform.transforms[0], transform.transforms[1]
+    real_params, real_flip = crop.make_params, flip.transform
+    crop.make_params = lambda inputs: boxes.append(real_params(inputs)) or boxes[-1]
+    flip.transform = lambda inpt, params: flips.__setitem__(-1, True) or real_flip(inpt, params)
+    try:
+        for seed in seeds:
+            torch.manual_seed(seed)
+            flips.append(False)
+            transform(image)
+    finally:
+        del crop.make_params, flip.transform
+    return boxes, flips
+
+
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (60, 700)])  # the last: crops often fall back
+def test_tensor_path_draws_the_same_crop_boxes_and_flips_as_pil(size):
+    image = photo(*size)
+    transform = pini.train_transform(CLIP_CFG)
+    pil = draws(transform, image, range(300))
+    tensor = draws(transform, v2.functional.pil_to_tensor(image), range(300))
+    assert pil == tensor
+    boxes, flips = pil
+    scale = np.array([b["height"] * b["width"] / (size[0] * size[1]) for b in boxes])
+    assert 0.07 < scale.min() and scale.max() <= 1 and 100 < sum(flips) < 200  # 0.08 before rounding the box
+    assert draws(transform, image, range(1, 301)) != pil  # the test can tell other draws apart
+
+
+def test_pil_path_is_the_authors_v1_transform():
+    """Given a PIL image, the v2 transform computes what CoOp's torchvision v1 pipeline computes."""
+    image = photo()
+    ours = pini.train_transform(CLIP_CFG)
+
+    def v1(interpolation):
+        return T.Compose([T.RandomResizedCrop(224, scale=(0.08, 1.0), interpolation=interpolation),
+                          T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(CLIP_CFG["mean"], CLIP_CFG["std"])])
+
+    def largest_difference(reference):
+        worst = 0.0
+        for seed in range(40):
+            torch.manual_seed(seed)
+            a = ours(image)
+            torch.manual_seed(seed)
+            worst = max(worst, (a - reference(image)).abs().max().item())
+        return worst
+
+    assert largest_difference(v1(T.InterpolationMode.BICUBIC)) < 1e-5  # float rounding of x / 255
+    assert largest_difference(v1(T.InterpolationMode.BILINEAR)) > 0.05  # another kernel is seen
+
+
+def grey_levels(transform_tensor, seeds=range(100)):
+    """Mean and largest |tensor path − PIL path| over `seeds`, in grey levels (0–255 scale)."""
+    image = photo()
+    pixels = v2.functional.pil_to_tensor(image)
+    transform = pini.train_transform(CLIP_CFG)
+    std = torch.tensor(CLIP_CFG["std"])[:, None, None]
+    means, largest = [], 0.0
+    for seed in seeds:
+        torch.manual_seed(seed)
+        reference = transform(image)
+        torch.manual_seed(seed)
+        levels = ((transform_tensor(transform, pixels) - reference) * std * 255).abs()
+        means.append(levels.mean().item())
+        largest = max(largest, levels.max().item())
+    return float(np.mean(means)), largest
+
+
+def on_cpu(transform, pixels):
+    return transform(pixels)  # torch's native uint8 antialiased bicubic
+
+
+def as_on_a_gpu(transform, pixels):
+    """What torchvision computes for uint8 on CUDA: resize in float32, then round and clamp to uint8."""
+    crop = transform.transforms[0]
+    box = crop.make_params([pixels])
+    resized = v2.functional.resized_crop(pixels.float(), **box, size=crop.size, interpolation=crop.interpolation,
+                                         antialias=True).round().clamp(0, 255).to(torch.uint8)
+    return v2.Compose(transform.transforms[1:])(resized)
+
+
+def without_antialias(transform, pixels):  # a wrong version: aliasing on downscaled crops
+    crop = transform.transforms[0]
+    box = crop.make_params([pixels])
+    resized = v2.functional.resized_crop(pixels.float(), **box, size=crop.size, interpolation=crop.interpolation,
+                                         antialias=False).round().clamp(0, 255).to(torch.uint8)
+    return v2.Compose(transform.transforms[1:])(resized)
+
+
+def bilinear(transform, pixels):  # a wrong version: another kernel
+    crop = transform.transforms[0]
+    box = crop.make_params([pixels])
+    resized = v2.functional.resized_crop(pixels, **box, size=crop.size, interpolation=v2.InterpolationMode.BILINEAR,
+                                         antialias=True)
+    return v2.Compose(transform.transforms[1:])(resized)
+
+
+GREY_LEVEL_BOUND = 0.3  # mean |difference| per pixel the tensor path may have against PIL's
+
+
+def test_tensor_path_pixels_are_pils_within_a_fraction_of_a_grey_level():
+    cpu_mean, cpu_max = grey_levels(on_cpu)
+    gpu_mean, gpu_max = grey_levels(as_on_a_gpu)
+    assert cpu_mean < 0.1 and cpu_max < 4.5  # measured: 0.02 mean, at most 3 levels
+    assert gpu_mean < GREY_LEVEL_BOUND and gpu_max < 4.5  # measured: 0.19 mean, at most 3 levels
+    # the wrong versions: 1.8 levels (no antialiasing) and 1.2 (bilinear) on average
+    assert grey_levels(without_antialias, range(30))[0] > GREY_LEVEL_BOUND
+    assert grey_levels(bilinear, range(30))[0] > GREY_LEVEL_BOUND
