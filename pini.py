@@ -327,6 +327,11 @@ def encode_text_shared_prefix(clip, prefix: torch.Tensor, suffix: torch.Tensor, 
         prefix tokens:  C·P·L  ->  P·L   transformer-token evaluations (L layers)
         suffix tokens:  each attends to the P prefix keys/values, computed once
 
+    For the same reason nothing after a class's EOT reaches its feature, so each class's suffix
+    stops at its own EOT: classes run in groups of equal suffix length instead of all padded to
+    the longest name (ImageNet's names: 4.2 tokens on average, 13 at most — two thirds of the
+    padded work saved).
+
     The output equals `encode_text_embeddings` on the concatenated prompts up to float rounding
     (tested, with gradients). The first P positions must hold no padding.
 
@@ -334,39 +339,42 @@ def encode_text_shared_prefix(clip, prefix: torch.Tensor, suffix: torch.Tensor, 
     suffix_tokens: (C, S) their ids (to find EOT). Returns (K, C, D).
     """
     K, P, W = prefix.shape
-    C, S = suffix_tokens.shape
     cast_dtype = clip.transformer.get_cast_dtype()
-    length = needed_context(clip, suffix_tokens)  # truncate the suffix after the last EOT
-    suffix_tokens = suffix_tokens[:, :length]
     positions = clip.positional_embedding.to(cast_dtype)
     x_p = prefix.to(cast_dtype) + positions[:P]  # (K, P, W)
-    x_s = (suffix[:, :length].to(cast_dtype) + positions[P:P + length]).expand(K, C, length, W)  # (K, C, S, W)
-    # suffix row i may see every prefix column and suffix columns ≤ i
-    allowed = torch.ones(length, P + length, dtype=torch.bool, device=prefix.device)
-    allowed[:, P:] = torch.ones(length, length, dtype=torch.bool, device=prefix.device).tril()
+    lengths = suffix_tokens.argmax(dim=-1) + 1  # (C,) each suffix up to and including its EOT
+    sizes = lengths.unique().tolist()
+    groups = [(lengths == n).nonzero().squeeze(1) for n in sizes]  # the classes of each suffix length
+    xs = [(suffix[g, :n].to(cast_dtype) + positions[P:P + n]).expand(K, len(g), n, W)  # (K, C_g, n, W)
+          for g, n in zip(groups, sizes)]
     for block in clip.transformer.resblocks:
-        attn, heads = block.attn, block.attn.num_heads
+        q_p, k_p, v_p = _attention_inputs(block, x_p)  # (K, H, P, W/H) each
+        x_p = _finish_block(block, x_p, F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True))
+        for i, x_s in enumerate(xs):
+            C_g, n = x_s.shape[1:3]
+            q_s, k_s, v_s = _attention_inputs(block, x_s)  # (K, C_g, H, n, W/H) each
+            k_all = torch.cat([k_p.unsqueeze(1).expand(K, C_g, *k_p.shape[1:]), k_s], dim=-2)  # (K, C_g, H, P+n, W/H)
+            v_all = torch.cat([v_p.unsqueeze(1).expand(K, C_g, *v_p.shape[1:]), v_s], dim=-2)
+            allowed = torch.ones(n, P + n, dtype=torch.bool, device=x_s.device)  # suffix row i sees the
+            allowed[:, P:] = allowed[:, P:].tril()                               # prefix and suffix ≤ i
+            xs[i] = _finish_block(block, x_s, F.scaled_dot_product_attention(q_s, k_all, v_all, attn_mask=allowed))
+    pooled = torch.cat([x_s[:, :, -1] for x_s in xs], dim=1)  # (K, C, W): EOT, the last of each suffix
+    order = torch.cat(groups).argsort()  # back from grouped order to class order
+    return _project_text(clip, clip.ln_final(pooled[:, order]))  # (K, C, D)
 
-        def split_heads(t):  # (..., L, W) -> (..., H, L, W/H)
-            return t.unflatten(-1, (heads, W // heads)).transpose(-3, -2)
 
-        q_p, k_p, v_p = map(split_heads, F.linear(block.ln_1(x_p), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
-        q_s, k_s, v_s = map(split_heads, F.linear(block.ln_1(x_s), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
-        out_p = F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True)  # (K, H, P, W/H)
-        k_all = torch.cat([k_p.unsqueeze(1).expand(K, C, *k_p.shape[1:]), k_s], dim=-2)  # (K, C, H, P+S, W/H)
-        v_all = torch.cat([v_p.unsqueeze(1).expand(K, C, *v_p.shape[1:]), v_s], dim=-2)
-        out_s = F.scaled_dot_product_attention(q_s, k_all, v_all, attn_mask=allowed)  # (K, C, H, S, W/H)
+def _attention_inputs(block, x: torch.Tensor):
+    """A residual block's queries, keys and values for x (..., L, W), split into heads (..., H, L, W/H)."""
+    attn = block.attn
+    heads, W = attn.num_heads, x.shape[-1]
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+    return [t.unflatten(-1, (heads, W // heads)).transpose(-3, -2) for t in qkv]
 
-        def merge_heads(t):  # (..., H, L, W/H) -> (..., L, W) -> output projection
-            return attn.out_proj(t.transpose(-3, -2).flatten(-2))
 
-        x_p = x_p + block.ls_1(merge_heads(out_p))
-        x_s = x_s + block.ls_1(merge_heads(out_s))
-        x_p = x_p + block.ls_2(block.mlp(block.ln_2(x_p)))
-        x_s = x_s + block.ls_2(block.mlp(block.ln_2(x_s)))
-    eot = suffix_tokens.argmax(dim=-1)  # (C,) EOT position within the suffix
-    pooled = clip.ln_final(x_s[:, torch.arange(C, device=eot.device), eot])  # (K, C, W)
-    return _project_text(clip, pooled)  # (K, C, D)
+def _finish_block(block, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """The rest of a residual block, given its attention output per head (..., H, L, W/H)."""
+    x = x + block.ls_1(block.attn.out_proj(attended.transpose(-3, -2).flatten(-2)))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 # -----------------------------------------------------------------------------------------

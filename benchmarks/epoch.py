@@ -50,7 +50,7 @@ import datasets  # noqa: E402
 import epochs  # noqa: E402
 import image_data  # noqa: E402
 import pini  # noqa: E402
-from train_step import AuthorsStep, build  # noqa: E402
+from train_step import AuthorsStep, build, class_names  # noqa: E402
 
 PARTS = ("data", "image tower", "text side", "injectors + backward", "optimiser")
 
@@ -72,8 +72,8 @@ def photo_jpeg(seed: int, width=500, height=375) -> bytes:
 
 def training_set(folder: Path, classes: int, shots: int, distinct: int = 64) -> list:
     """classes × shots Items over a tree folder/class_i/j.jpg of `distinct` different JPEGs
-    (written once; a later run reuses the tree)."""
-    blobs = None
+    (written once; a later run reuses the tree), named with ImageNet's class names."""
+    blobs, names = None, class_names(classes)
     items = []
     for c in range(classes):
         for j in range(shots):
@@ -82,7 +82,7 @@ def training_set(folder: Path, classes: int, shots: int, distinct: int = 64) -> 
                 blobs = blobs or [photo_jpeg(seed) for seed in range(distinct)]
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(blobs[(c * shots + j) % distinct])
-            items.append(datasets.Item(str(path), c, f"class number {c}"))
+            items.append(datasets.Item(str(path), c, names[c]))
     return items
 
 
@@ -127,18 +127,27 @@ def synchronised_seconds(device, work) -> tuple:
     return time.perf_counter() - started, result
 
 
-def counted(batches, n: int, count: list):
+def marked(batches, n: int, marks: list):
+    """The first n batches, with the time at which each one is asked for appended to `marks`
+    (train.py's step and Dassl's both read the loss every step, so the device is idle then)."""
     for batch in take(batches, n):
-        count.append(1)
+        marks.append(time.perf_counter())
         yield batch
 
 
-def our_epoch(model, batches_of, optimizer, scaler, options, ctx, n: int, seed: int) -> tuple:
-    """(seconds, batches) of train.py's own epoch (its first n batches when n > 0)."""
-    count = []
-    seconds, _ = synchronised_seconds(ctx.device, lambda: epochs.train_epoch(
-        model, counted(batches_of(seed), n, count), optimizer, scaler, options, ctx))
-    return seconds, len(count)
+def intervals(marks: list, device) -> list:
+    """Seconds per batch, from the times each batch was asked for to the end of the last step."""
+    synchronise(device)
+    marks = marks + [time.perf_counter()]
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def our_epoch(model, batches_of, optimizer, scaler, options, ctx, n: int, seed: int) -> list:
+    """Seconds per batch of train.py's own epoch (its first n batches when n > 0)."""
+    marks = []
+    synchronise(ctx.device)
+    epochs.train_epoch(model, marked(batches_of(seed), n, marks), optimizer, scaler, options, ctx)
+    return intervals(marks, ctx.device)
 
 
 def our_parts(model, batches_of, optimizer, scaler, options, ctx, n: int, seed: int) -> tuple:
@@ -179,25 +188,34 @@ def our_parts(model, batches_of, optimizer, scaler, options, ctx, n: int, seed: 
     return clock.seconds, count
 
 
-def authors_epoch(step, optimizer, items, transform, options, device, n: int, seed: int) -> tuple:
-    """(seconds, batches) of the authors' epoch: Dassl's loader (workers started for the epoch,
-    PIL decoding and cropping) feeding the authors' step."""
-    def epoch():
-        torch.manual_seed(seed)
-        loader = torch.utils.data.DataLoader(image_data.ImageDataset(items, transform), batch_size=options.batch_size,
-                                             shuffle=True, drop_last=True, num_workers=options.workers,
-                                             pin_memory=device.type == "cuda")
-        count = 0
-        for images, labels in take(iter(loader), n):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss = F.cross_entropy(step(images).float(), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            count += 1
-        return count
+def authors_epoch(step, optimizer, items, transform, options, device, n: int, seed: int) -> list:
+    """Seconds per batch of the authors' epoch: Dassl's loader (workers started for each epoch,
+    PIL decoding and cropping every image) feeding the authors' step."""
+    torch.manual_seed(seed)
+    marks = []
+    synchronise(device)
+    started = time.perf_counter()
+    loader = torch.utils.data.DataLoader(image_data.ImageDataset(items, transform), batch_size=options.batch_size,
+                                         shuffle=True, drop_last=True, num_workers=options.workers,
+                                         pin_memory=device.type == "cuda")
+    for images, labels in marked(iter(loader), n, marks):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        loss = F.cross_entropy(step(images).float(), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()  # Dassl logs the loss every step
+    marks[0] = started  # the first batch waits for the workers to start
+    return intervals(marks, device)
 
-    return synchronised_seconds(device, epoch)
+
+def epoch_seconds(batch_seconds: list, per_epoch: int) -> float:
+    """An epoch's time from its first timed batches: the first (which pays for starting the loader)
+    plus the mean of the others for each remaining batch."""
+    if len(batch_seconds) == per_epoch or len(batch_seconds) == 1:
+        return sum(batch_seconds) / len(batch_seconds) * per_epoch
+    rest = batch_seconds[1:]
+    return batch_seconds[0] + sum(rest) / len(rest) * (per_epoch - 1)
 
 
 # -----------------------------------------------------------------------------------------
@@ -209,45 +227,54 @@ def sgd(parameters):  # train.py's optimiser and defaults
 
 
 def measure(args, C: int, precision: str, folder: Path) -> dict:
+    """This project's epoch, its parts and the authors' epoch, for C classes, in one run."""
     device = torch.device(args.device)
     items = training_set(folder, C, args.shots)
     per_epoch = len(items) // args.batch_size  # no ragged last batch, as train.py and Dassl
     n = min(args.batches, per_epoch) if args.batches else per_epoch
     clip, tokenizer, train_tf, _ = build(args.model, device)
-    ctx = epochs.Context(clip, tokenizer, train_tf, None, device, precision,
-                         epochs.resolve_augment(args.augment, device))
-    options = SimpleNamespace(batch_size=args.batch_size, workers=args.workers, cache_views=0, noise_samples=1,
-                              ce_weight=1.0, kl_weight=0.0, prior_std=1.0, test_batch_size=args.batch_size)
-    classnames = sorted({item.classname for item in items}, key=lambda name: int(name.split()[-1]))
-    model = pini.PiNI(clip, tokenizer, classnames).to(device)
-    optimizer = sgd(model.trainable_parameters())
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-
-    started = time.perf_counter()
-    batches_of = epochs.epoch_batches(model, items, options, ctx)  # --augment tensor: decodes every image here
-    decode_once = time.perf_counter() - started
-    our_epoch(model, batches_of, optimizer, scaler, options, ctx, 1, seed=0)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    ours, timed = our_epoch(model, batches_of, optimizer, scaler, options, ctx, n, seed=1)
-    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    parts, part_batches = our_parts(model, batches_of, optimizer, scaler, options, ctx, n, seed=2)
-
+    classnames = class_names(C)
+    ours = measure_ours(args, items, clip, tokenizer, train_tf, classnames, precision, n)
     theirs_model = pini.PiNI(clip, tokenizer, classnames).to(device)  # after ours: .half() below casts the CLIP
     if device.type == "cuda":
         theirs_model.half()  # the authors keep CLIP's fp16 weights and cast the injectors to them
     step = AuthorsStep(theirs_model, tokenizer, classnames, "a photo of a")
     their_optimizer = sgd(theirs_model.trainable_parameters())
+    options = SimpleNamespace(batch_size=args.batch_size, workers=args.workers)
+    if device.type == "cuda":  # warm-up: kernels and allocator (on the CPU a batch can take minutes)
+        authors_epoch(step, their_optimizer, items, train_tf, options, device, 1, seed=0)
     n_theirs = min(n, args.authors_batches) if args.authors_batches else n
-    authors_epoch(step, their_optimizer, items, train_tf, options, device, 1, seed=0)  # warm-up
-    theirs, their_timed = authors_epoch(step, their_optimizer, items, train_tf, options, device, n_theirs, seed=1)
-    del model, theirs_model, step, clip
+    theirs = authors_epoch(step, their_optimizer, items, train_tf, options, device, n_theirs, seed=1)
+    del theirs_model, step, clip
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"classes": C, "precision": precision, "augment": ctx.augment, "per_epoch": per_epoch, "timed": timed,
-            "ours": ours / timed * per_epoch, "theirs": theirs / their_timed * per_epoch, "their_timed": their_timed,
-            "parts": {k: v / part_batches * per_epoch for k, v in parts.items()}, "memory": memory,
-            "decode_once": decode_once, "steps_per_s": timed / ours}
+    return {**ours, "classes": C, "precision": precision, "per_epoch": per_epoch,
+            "ours": epoch_seconds(ours["batches"], per_epoch), "theirs": epoch_seconds(theirs, per_epoch),
+            "timed": len(ours["batches"]), "their_timed": len(theirs),
+            "parts": {k: v / ours["part_batches"] * per_epoch for k, v in ours["parts"].items()}}
+
+
+def measure_ours(args, items, clip, tokenizer, train_tf, classnames, precision: str, n: int) -> dict:
+    device = torch.device(args.device)
+    ctx = epochs.Context(clip, tokenizer, train_tf, None, device, precision,
+                         epochs.resolve_augment(args.augment, device))
+    options = SimpleNamespace(batch_size=args.batch_size, workers=args.workers, cache_views=0, noise_samples=1,
+                              ce_weight=1.0, kl_weight=0.0, prior_std=1.0, test_batch_size=args.batch_size)
+    model = pini.PiNI(clip, tokenizer, classnames).to(device)
+    optimizer = sgd(model.trainable_parameters())
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    started = time.perf_counter()
+    batches_of = epochs.epoch_batches(model, items, options, ctx)  # --augment tensor: decodes every image here
+    decode_once = time.perf_counter() - started
+    if device.type == "cuda":  # warm-up: kernels and allocator (on the CPU a batch can take minutes)
+        our_epoch(model, batches_of, optimizer, scaler, options, ctx, 1, seed=0)
+        torch.cuda.reset_peak_memory_stats(device)
+    batches = our_epoch(model, batches_of, optimizer, scaler, options, ctx, n, seed=1)
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    parts, part_batches = our_parts(model, batches_of, optimizer, scaler, options, ctx, n, seed=2)
+    steady = batches[1:] or batches  # after the first batch: the step rate once the loader runs
+    return {"augment": ctx.augment, "batches": batches, "parts": parts, "part_batches": part_batches,
+            "memory": memory, "decode_once": decode_once, "steps_per_s": len(steady) / sum(steady)}
 
 
 def report(r: dict, args, size: int, device_name: str):

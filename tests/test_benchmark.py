@@ -48,7 +48,7 @@ def test_the_profiled_step_is_the_training_step(config_dir, tmp_path):
     ctx = epochs.Context(clip, tokenizer, train_tf, None, torch.device("cpu"), "fp32", "tensor")
     options = SimpleNamespace(batch_size=3, workers=0, cache_views=0, noise_samples=2, ce_weight=1.0,
                               kl_weight=0.1, prior_std=1.0)
-    start = pini.PiNI(clip, tokenizer, [f"class number {c}" for c in range(3)])
+    start = pini.PiNI(clip, tokenizer, bench.class_names(3))
     after = {}
     for name in ["train.py", "profiled"]:
         model = copy.deepcopy(start)
