@@ -100,12 +100,26 @@ def loader(items, transform, batch_size, workers, shuffle=False, seed=0, load=No
 AUGMENT = ("auto", "pil", "tensor")
 
 
-def resolve_augment(augment: str, device: torch.device) -> str:
-    """auto: the tensor path on a GPU (where decoding and resizing JPEGs on CPU workers is what
-    an epoch waits for), the authors' PIL path on the CPU (where the image tower dominates)."""
-    if augment == "auto":
-        return "tensor" if device.type == "cuda" else "pil"
-    return augment
+def resolve_augment(augment: str, device: torch.device, training_sets=()) -> str:
+    """auto: the tensor path when the largest training set of the call fits decoded in memory (see
+    kept_images) — no worker processes, no JPEG decoding after the first epoch — else PIL's, said
+    in one line. Resolved once per call, before any run, because it is recorded with each run."""
+    if augment != "auto":
+        return augment
+    needed = max((image_data.decoded_bytes(items) for items in training_sets), default=0)
+    if fits_decoded(needed, device):
+        return "tensor"
+    tqdm.write(f"--augment auto: the training images would take {size_text(needed)} decoded, more than "
+               "this machine can keep: decoding them from disk every epoch instead (--augment pil)")
+    return "pil"
+
+
+def size_text(size: int) -> str:
+    """'6.7 GiB', '12.0 MiB', '1.5 KiB'."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 2**10:.1f} KiB"
 
 
 def available_memory() -> Optional[int]:
@@ -119,22 +133,36 @@ def available_memory() -> Optional[int]:
     return None
 
 
+def on_gpu(needed: int, device: torch.device) -> bool:
+    """Whether decoded images of `needed` bytes are kept on the GPU: at most half its free memory."""
+    return device.type == "cuda" and needed <= 0.5 * torch.cuda.mem_get_info(device)[0]
+
+
+def fits_decoded(needed: int, device: torch.device) -> bool:
+    """On the GPU (on_gpu), or within 80 % of the memory the system can still give (when known)."""
+    available = available_memory()
+    return on_gpu(needed, device) or available is None or needed <= 0.8 * available
+
+
 def kept_images(items, options, ctx: Context) -> dict:
     """--augment tensor: every training image decoded once and kept as uint8 (image_data.DECODED),
-    after checking that the ones not kept yet fit in memory."""
+    on the GPU when it has room (no copies per batch), else in the CPU's memory when they fit
+    there, else an error that says what to do."""
     missing = image_data.DECODED.missing(items)
-    needed, available = image_data.decoded_bytes(missing), available_memory()
-    if available is not None and needed > 0.8 * available:
+    needed = image_data.decoded_bytes(missing)
+    if on_gpu(needed, ctx.device):
+        return image_data.DECODED.keep(items, options.workers, device=ctx.device)
+    if not fits_decoded(needed, torch.device("cpu")):
         raise UsageError(f"--augment tensor keeps the {len(missing)} training images decoded in memory: "
-                         f"{needed / 2**30:.1f} GiB, but {available / 2**30:.1f} GiB is available. Use "
+                         f"{size_text(needed)}, but {size_text(available_memory())} is available. Use "
                          "--augment pil (decodes them from disk every epoch, in --workers processes)")
-    return image_data.DECODED.keep(items, options.workers, pin=ctx.device.type == "cuda")
+    return image_data.DECODED.keep(items, options.workers)
 
 
 def training_loader(items, options, ctx: Context):
     """The training images, augmented: by PIL in --workers processes (--augment pil, the authors'
     data path) or, with each image decoded once, by tensor ops on the training device in this
-    process (--augment tensor). The same crop boxes and flips either way (see pini.train_transform)."""
+    process (--augment tensor). The same crop boxes and flips either way (pini.train_transform)."""
     if ctx.augment == "pil":
         return loader(items, ctx.train_tf, options.batch_size, options.workers, shuffle=True)
     kept, device = kept_images(items, options, ctx), ctx.device

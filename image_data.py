@@ -5,8 +5,9 @@
     decoded_bytes(items)                -> memory the images take decoded, from their headers only
     DECODED.keep(items)                 -> {path: (3, H, W) uint8 tensor}: each image decoded once
                                            per process and kept (the `--augment tensor` path)
-    ImageDataset(items, transform)      -> a torch Dataset of (image, label); .set_epoch(seed)
-                                           makes augmentation independent of --workers
+    ImageDataset(items, transform)      -> a torch Dataset of (image, label), indexed by i or by
+                                           (epoch_seed, i): augmentation independent of --workers
+    EpochSampler(n, shuffle)            -> yields those (epoch_seed, i); .set_epoch(seed)
 
 Like datasets.py, this module knows nothing of models: transforms are passed in.
 """
@@ -141,15 +142,14 @@ class DecodedImages:
         self.images = {path: pixels for path, pixels in self.images.items() if path in wanted}
         return [item for path, item in wanted.items() if path not in self.images]
 
-    def keep(self, items, workers: Optional[int] = None, pin: bool = False, progress: bool = True) -> dict:
-        """{path: (3, H, W) uint8} for every image of `items`, decoding those not kept yet
-        (in threads: Pillow decodes without the GIL). pin: page-locked memory, for fast
-        asynchronous copies to a GPU."""
+    def keep(self, items, workers: Optional[int] = None, device=None, progress: bool = True) -> dict:
+        """{path: (3, H, W) uint8} for every image of `items`, decoding those not kept yet (in
+        threads: Pillow decodes without the GIL) and placing them on `device` (default: CPU)."""
         missing = [item.path for item in self.missing(items)]
         if missing:
             def decode(path):
                 pixels = pil_to_tensor(_read(path))
-                return pixels.pin_memory() if pin else pixels
+                return pixels.to(device) if device is not None else pixels
 
             with ThreadPoolExecutor(workers or min(8, 2 * (os.cpu_count() or 1))) as pool:
                 decoded = tqdm(pool.map(decode, missing), total=len(missing), desc="decoding training images",

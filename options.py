@@ -84,8 +84,8 @@ def _data_options(p):
                       help="how training images are augmented (the same crops and flips either way): pil = "
                            "decoded from disk and cropped by PIL in --workers processes every epoch (the "
                            "authors' data path); tensor = decoded once and kept in memory as uint8, cropped "
-                           "and resized by tensor ops on the training device; auto = tensor on a GPU, pil "
-                           "on the CPU")
+                           "and resized by tensor ops on the training device; auto = tensor when the "
+                           "training images fit decoded in memory, else pil")
 
 
 def _model_options(p):

@@ -285,12 +285,12 @@ def run(args) -> list:
         return []
     device = pick_device(args.device)
     precision = resolve_precision(args.precision, device)
-    args.augment = resolve_augment(args.augment, device)  # recorded resolved, as the precision
     checkpoint = runs.load_checkpoint(args.checkpoint, device) if args.eval_only else None
     jobs = plan(args, checkpoint)  # data problems first: cheap
     if args.shard:
         jobs = shard(jobs, *args.shard, args)
     check_images(jobs)
+    args.augment = resolve_augment(args.augment, device, [job.sample.train for job in jobs if job.kind == "train"])
     model, weights = args.model, args.pretrained
     if checkpoint:  # the CLIP its injectors were trained with, whatever the command line says
         model, weights = checkpoint["meta"]["settings"]["model"], checkpoint["meta"]["settings"]["pretrained"]

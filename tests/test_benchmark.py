@@ -75,7 +75,7 @@ def test_epoch_benchmark_reports_its_parts_and_ratios(config_dir, tmp_path, caps
                           "--batch-size", "4", "--workers", "0", "--device", "cpu", "--data", str(tmp_path)])
     out = capsys.readouterr().out
     (r,) = results
-    assert r["per_epoch"] == r["timed"] == 3 and r["augment"] == "pil"  # 12 images, batch 4; auto on the CPU
+    assert r["per_epoch"] == r["timed"] == 3 and r["augment"] == "tensor"  # 12 images, batch 4; auto: they fit
     assert "3 classes × 4 shots, batch 4, CPU" in out and "32×32 px" in out
     floor = float(re.search(r"epoch / image-tower floor: ([\d.]+)x", out).group(1))
     assert abs(floor - r["ours"] / r["parts"]["image tower"]) < 0.01 * floor

@@ -262,7 +262,17 @@ def test_tensor_augmentation_that_does_not_fit_in_memory_says_what_to_do(base_ar
     monkeypatch.setattr(epochs, "available_memory", lambda: 1000)
     assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2", "--augment", "tensor"]) == 2
     message = capsys.readouterr().err
-    assert "--augment tensor keeps the 8 training images decoded in memory" in message and "--augment pil" in message
+    assert "--augment tensor keeps the 8 training images decoded in memory: 1.5 KiB, but 1.0 KiB" in message
+    assert "--augment pil" in message
+
+
+@pytest.mark.parametrize("memory, path", [(None, "tensor"), (1000, "pil")])
+def test_auto_augmentation_keeps_images_decoded_when_they_fit(base_args, monkeypatch, capsys, memory, path):
+    monkeypatch.setattr(epochs, "available_memory", lambda: memory)  # None: unknown, 1000: far too little
+    assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2"]) == 0
+    assert read_result(base_args)["settings"]["augment"] == path
+    said = capsys.readouterr()
+    assert ("KiB decoded, more than this machine can keep" in said.out + said.err) == (path == "pil")
 
 
 def test_cached_views_refuse_the_pixel_injector(base_args, capsys):
