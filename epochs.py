@@ -74,7 +74,6 @@ class Context:
     eval_tf: object
     device: torch.device
     precision: str
-    augment: str = "pil"
 
     @property
     def amp_dtype(self):
@@ -100,20 +99,6 @@ def loader(items, transform, batch_size, workers, shuffle=False, seed=0, load=No
 AUGMENT = ("auto", "pil", "tensor")
 
 
-def resolve_augment(augment: str, device: torch.device, training_sets=()) -> str:
-    """auto: the tensor path when the largest training set of the call fits decoded in memory (see
-    kept_images) — no worker processes, no JPEG decoding after the first epoch — else PIL's, said
-    in one line. Resolved once per call, before any run, because it is recorded with each run."""
-    if augment != "auto":
-        return augment
-    needed = max((image_data.decoded_bytes(items) for items in training_sets), default=0)
-    if fits_decoded(needed, device):
-        return "tensor"
-    tqdm.write(f"--augment auto: the training images would take {size_text(needed)} decoded, more than "
-               "this machine can keep: decoding them from disk every epoch instead (--augment pil)")
-    return "pil"
-
-
 def size_text(size: int) -> str:
     """'6.7 GiB', '12.0 MiB', '1.5 KiB'."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
@@ -134,40 +119,43 @@ def available_memory() -> Optional[int]:
 
 
 def on_gpu(needed: int, device: torch.device) -> bool:
-    """Whether decoded images of `needed` bytes are kept on the GPU: at most half its free memory."""
-    return device.type == "cuda" and needed <= 0.5 * torch.cuda.mem_get_info(device)[0]
+    """Whether decoded images of `needed` bytes are kept on the GPU: at most half its free memory
+    (counting the blocks torch's allocator holds but does not use as free)."""
+    if device.type != "cuda":
+        return False
+    torch.cuda.empty_cache()
+    return needed <= 0.5 * torch.cuda.mem_get_info(device)[0]
 
 
-def fits_decoded(needed: int, device: torch.device) -> bool:
-    """On the GPU (on_gpu), or within 80 % of the memory the system can still give (when known)."""
+def in_memory(needed: int) -> bool:
+    """Whether `needed` bytes fit within 80 % of the memory the system can still give (when known)."""
     available = available_memory()
-    return on_gpu(needed, device) or available is None or needed <= 0.8 * available
+    return available is None or needed <= 0.8 * available
 
 
-def kept_images(items, options, ctx: Context) -> dict:
-    """--augment tensor: every training image decoded once and kept as uint8 (image_data.DECODED),
-    on the GPU when it has room (no copies per batch), else in the CPU's memory when they fit
-    there, else an error that says what to do."""
-    missing = image_data.DECODED.missing(items)
-    needed = image_data.decoded_bytes(missing)
-    if on_gpu(needed, ctx.device):
-        return image_data.DECODED.keep(items, options.workers, device=ctx.device)
-    if not fits_decoded(needed, torch.device("cpu")):
-        raise UsageError(f"--augment tensor keeps the {len(missing)} training images decoded in memory: "
-                         f"{size_text(needed)}, but {size_text(available_memory())} is available. Use "
-                         "--augment pil (decodes them from disk every epoch, in --workers processes)")
-    return image_data.DECODED.keep(items, options.workers)
+def training_loader(items, options, ctx: Context) -> tuple:
+    """(loader, path) for the training images, augmented by PIL in --workers processes (path "pil",
+    the authors' data path) or, each image decoded once and kept (image_data.DECODED), by tensor
+    ops on the training device in this process (path "tensor"). Both draw the same crop boxes and
+    flips (pini.train_transform); the path an epoch used is recorded in the run's history.
 
-
-def training_loader(items, options, ctx: Context):
-    """The training images, augmented: by PIL in --workers processes (--augment pil, the authors'
-    data path) or, with each image decoded once, by tensor ops on the training device in this
-    process (--augment tensor). The same crop boxes and flips either way (pini.train_transform)."""
-    if ctx.augment == "pil":
-        return loader(items, ctx.train_tf, options.batch_size, options.workers, shuffle=True)
-    kept, device = kept_images(items, options, ctx), ctx.device
-    return loader(items, ctx.train_tf, options.batch_size, workers=0, shuffle=True,
-                  load=lambda path: kept[path].to(device, non_blocking=True))
+    --augment tensor keeps the images on the GPU when it has room (no copies per batch), else in
+    the CPU's memory, else stops with what to do; auto does the same but falls back to "pil"."""
+    if options.augment != "pil":
+        missing = image_data.DECODED.missing(items)  # drops images no job needs any more
+        needed = image_data.decoded_bytes(missing)
+        device = ctx.device if on_gpu(needed, ctx.device) else torch.device("cpu") if in_memory(needed) else None
+        if device is not None:
+            kept = image_data.DECODED.keep(items, options.workers, device=device)
+            return loader(items, ctx.train_tf, options.batch_size, workers=0, shuffle=True,
+                          load=lambda path: kept[path].to(ctx.device, non_blocking=True)), "tensor"
+        text = (f"the {len(missing)} training images take {size_text(needed)} decoded, "
+                f"but {size_text(available_memory())} of memory is available")
+        if options.augment == "tensor":
+            raise UsageError(f"--augment tensor: {text}. Use --augment pil (decodes them from disk every epoch, "
+                             "in --workers processes)")
+        tqdm.write(f"--augment auto: {text}: decoding them from disk every epoch instead (pil)")
+    return loader(items, ctx.train_tf, options.batch_size, options.workers, shuffle=True), "pil"
 
 
 def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr: float) -> float:
@@ -230,20 +218,21 @@ def view_features(model: pini.PiNI, items, transform, options, ctx: Context) -> 
     return torch.stack([VIEW_CACHE[(key, item.path)] for item in items])
 
 
-def epoch_batches(model, items, options, ctx: Context):
-    """A function epoch_seed -> that epoch's batches of (images or None, features or None, labels):
-    augmented images from the loader, or (--cache-views) features of cached augmented views."""
+def epoch_batches(model, items, options, ctx: Context) -> tuple:
+    """(batches_of, path): batches_of(epoch_seed) gives that epoch's batches of (images or None,
+    features or None, labels) — augmented images from the loader, or (--cache-views) features of
+    cached augmented views; path says which ("pil", "tensor" or "cached views")."""
     if options.cache_views:
         features = view_features(model, items, ctx.train_tf, options, ctx)  # (n, V, D)
         labels = torch.tensor([item.label for item in items])
-        return lambda epoch_seed: cached_batches(features, labels, options.batch_size, epoch_seed)
-    train_loader = training_loader(items, options, ctx)
+        return lambda epoch_seed: cached_batches(features, labels, options.batch_size, epoch_seed), "cached views"
+    train_loader, path = training_loader(items, options, ctx)
 
     def image_batches(epoch_seed):
         train_loader.sampler.set_epoch(epoch_seed)
         return ((pixels, None, labels) for pixels, labels in train_loader)
 
-    return image_batches
+    return image_batches, path
 
 
 def cached_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):

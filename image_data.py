@@ -185,9 +185,10 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.n
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)).tolist() \
+        seed = self.seed  # this epoch's, even if set_epoch is called before the iteration ends
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist() \
             if self.shuffle else range(self.n)
-        return ((self.seed, index) for index in order)
+        return ((seed, index) for index in order)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -196,8 +197,9 @@ class ImageDataset(torch.utils.data.Dataset):
     Indexed by `index`, or by `(epoch_seed, index)` (the keys EpochSampler yields): then the
     sample's augmentation is a function of (epoch_seed, index) only — the transform runs under
     torch's CPU random generator forked and seeded from them, so the same seed gives the same
-    crops whichever worker process loads the sample, and the caller's random state is untouched.
-    Transforms must draw from torch's generator, as every torchvision transform does.
+    crops whichever worker process loads the sample, and the caller's random state (CPU and GPU:
+    the noise is drawn there) is untouched. Transforms must draw from torch's CPU generator, as
+    torchvision's do, also when they work on GPU tensors.
 
     load: how a path becomes the transform's input — `load_image` (a PIL image, decoded from
     disk) by default; the `--augment tensor` path passes kept uint8 tensors instead.
@@ -215,6 +217,6 @@ class ImageDataset(torch.utils.data.Dataset):
         image = self.load(item.path)
         if epoch_seed is None:
             return self.transform(image), item.label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(epoch_seed, index))
+        with torch.random.fork_rng(devices=[]):  # saves and restores the CPU generator only, so
+            torch.default_generator.manual_seed(sample_seed(epoch_seed, index))  # seed only that one
             return self.transform(image), item.label

@@ -206,7 +206,7 @@ def check_images(jobs):
 MODEL_KEYS = ("model", "pretrained", "text_noise", "text_generator", "image_noise", "control", "n_ctx",
               "reduction", "pixel_level", "template", "shots", "seed")
 TRAINING_KEYS = ("noise_samples", "ce_weight", "kl_weight", "prior_std", "epochs", "lr", "batch_size",
-                 "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "cache_views", "precision", "augment")
+                 "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "cache_views", "precision")
 
 
 def job_options(job: Job, args) -> argparse.Namespace:

@@ -79,13 +79,13 @@ def _data_options(p):
     data.add_argument("--download", action="store_true",
                       help="first download the datasets that are missing (see python datasets.py download -h)")
     data.add_argument("--workers", type=count, default=min(8, os.cpu_count() or 1),
-                      help="data-loading processes for --augment pil (results do not depend on it)")
+                      help="data-loading processes (and image-decoding threads); results do not depend on it")
     data.add_argument("--augment", choices=epochs.AUGMENT, default="auto",
-                      help="how training images are augmented (the same crops and flips either way): pil = "
-                           "decoded from disk and cropped by PIL in --workers processes every epoch (the "
-                           "authors' data path); tensor = decoded once and kept in memory as uint8, cropped "
-                           "and resized by tensor ops on the training device; auto = tensor when the "
-                           "training images fit decoded in memory, else pil")
+                      help="how training images are cropped and flipped (the same crops and flips either "
+                           "way): pil = decoded from disk and cropped by PIL in --workers processes every "
+                           "epoch (the authors' data path); tensor = decoded once and kept in memory as "
+                           "uint8, cropped by tensor ops on the training device; auto = tensor when they "
+                           "fit in memory, else pil")
 
 
 def _model_options(p):

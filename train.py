@@ -38,8 +38,8 @@ import pini
 import published
 import report
 import runs
-from epochs import (Context, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_augment,
-                    resolve_precision, train_epoch, writable_output, zero_shot_accuracy)
+from epochs import (Context, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_precision,
+                    train_epoch, writable_output, zero_shot_accuracy)
 from jobs import (ABLATION, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of, shard,
                   tested_checkpoint, training_settings, variant_name)
 from runs import CHECKPOINT, EVAL_RESULT, RESULT, UsageError
@@ -132,14 +132,14 @@ def train(model, job, options, ctx, optimizer, scheduler, scaler, history: list,
     start = len(history)
     if start >= options.epochs:
         return
-    batches_for = epoch_batches(model, job.sample.train, options, ctx)
+    batches_for, data_path = epoch_batches(model, job.sample.train, options, ctx)
     desc = f"{job.split.info.name} {job.shots}-shot seed {job.seed}"
     for epoch in tqdm(range(start, options.epochs), desc=desc, initial=start, total=options.epochs,
                       dynamic_ncols=True):
         epoch_seed = job.seed * 100_003 + epoch
         seed_everything(epoch_seed)
         stats = train_epoch(model, batches_for(epoch_seed), optimizer, scaler, options, ctx)
-        stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
+        stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], augment=data_path)
         scheduler.step()
         history.append(stats)
         tqdm.write(f"epoch {epoch + 1}/{options.epochs}  loss {stats['loss']:.4f}  train acc {stats['acc']:.1f}%  "
@@ -290,15 +290,13 @@ def run(args) -> list:
     if args.shard:
         jobs = shard(jobs, *args.shard, args)
     check_images(jobs)
-    args.augment = resolve_augment(args.augment, device, [job.sample.train for job in jobs if job.kind == "train"])
     model, weights = args.model, args.pretrained
     if checkpoint:  # the CLIP its injectors were trained with, whatever the command line says
         model, weights = checkpoint["meta"]["settings"]["model"], checkpoint["meta"]["settings"]["pretrained"]
         if (model, weights) != (args.model, args.pretrained):
             tqdm.write(f"evaluating with the checkpoint's CLIP: --model {model} --pretrained {weights}")
     torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
-    ctx = Context(*pini.load_clip(model, weights, device), device=device, precision=precision,
-                  augment=args.augment)
+    ctx = Context(*pini.load_clip(model, weights, device), device=device, precision=precision)
     misfits = [j for j in jobs if j.kind == "train" and not pini.fits(ctx.clip, job_options(j, args).image_noise)]
     if any(not j.ablation for j in misfits):
         raise UsageError(f"--image-noise {args.image_noise} needs a ViT image tower (patch tokens); "

@@ -118,27 +118,18 @@ def take(batches, n: int):
     return itertools.islice(batches, n) if n else batches
 
 
-def synchronised_seconds(device, work) -> tuple:
-    """(seconds, result) of work(), with the device's queued kernels finished at both ends."""
-    synchronise(device)
-    started = time.perf_counter()
-    result = work()
-    synchronise(device)
-    return time.perf_counter() - started, result
-
-
 def marked(batches, n: int, marks: list):
-    """The first n batches, with the time at which each one is asked for appended to `marks`
-    (train.py's step and Dassl's both read the loss every step, so the device is idle then)."""
+    """The first n batches of `batches` (an iterable: a loader starts its workers when first asked),
+    with the time at which each one, and then the one after the last, is asked for appended to
+    `marks` (train.py's step and Dassl's both read the loss every step: the device is idle then)."""
+    marks.append(time.perf_counter())
     for batch in take(batches, n):
-        marks.append(time.perf_counter())
         yield batch
+        marks.append(time.perf_counter())
 
 
-def intervals(marks: list, device) -> list:
-    """Seconds per batch, from the times each batch was asked for to the end of the last step."""
-    synchronise(device)
-    marks = marks + [time.perf_counter()]
+def intervals(marks: list) -> list:
+    """Seconds per batch: loading it (the first: with the loader's start) and its step."""
     return [b - a for a, b in zip(marks, marks[1:])]
 
 
@@ -147,7 +138,7 @@ def our_epoch(model, batches_of, optimizer, scaler, options, ctx, n: int, seed: 
     marks = []
     synchronise(ctx.device)
     epochs.train_epoch(model, marked(batches_of(seed), n, marks), optimizer, scaler, options, ctx)
-    return intervals(marks, ctx.device)
+    return intervals(marks)
 
 
 def our_parts(model, batches_of, optimizer, scaler, options, ctx, n: int, seed: int) -> tuple:
@@ -194,19 +185,17 @@ def authors_epoch(step, optimizer, items, transform, options, device, n: int, se
     torch.manual_seed(seed)
     marks = []
     synchronise(device)
-    started = time.perf_counter()
     loader = torch.utils.data.DataLoader(image_data.ImageDataset(items, transform), batch_size=options.batch_size,
                                          shuffle=True, drop_last=True, num_workers=options.workers,
                                          pin_memory=device.type == "cuda")
-    for images, labels in marked(iter(loader), n, marks):
+    for images, labels in marked(loader, n, marks):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss = F.cross_entropy(step(images).float(), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         loss.item()  # Dassl logs the loss every step
-    marks[0] = started  # the first batch waits for the workers to start
-    return intervals(marks, device)
+    return intervals(marks)
 
 
 def epoch_seconds(batch_seconds: list, per_epoch: int) -> float:
@@ -258,15 +247,15 @@ def measure(args, C: int, precision: str, folder: Path) -> dict:
 
 def measure_ours(args, items, clip, tokenizer, train_tf, classnames, precision: str, n: int) -> dict:
     device = torch.device(args.device)
-    ctx = epochs.Context(clip, tokenizer, train_tf, None, device, precision,
-                         epochs.resolve_augment(args.augment, device, [items]))
-    options = SimpleNamespace(batch_size=args.batch_size, workers=args.workers, cache_views=0, noise_samples=1,
-                              ce_weight=1.0, kl_weight=0.0, prior_std=1.0, test_batch_size=args.batch_size)
+    ctx = epochs.Context(clip, tokenizer, train_tf, None, device, precision)
+    options = SimpleNamespace(batch_size=args.batch_size, workers=args.workers, augment=args.augment, cache_views=0,
+                              noise_samples=1, ce_weight=1.0, kl_weight=0.0, prior_std=1.0,
+                              test_batch_size=args.batch_size)
     model = pini.PiNI(clip, tokenizer, classnames).to(device)
     optimizer = sgd(model.trainable_parameters())
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     started = time.perf_counter()
-    batches_of = epochs.epoch_batches(model, items, options, ctx)  # --augment tensor: decodes every image here
+    batches_of, path = epochs.epoch_batches(model, items, options, ctx)  # "tensor": decodes every image here
     decode_once = time.perf_counter() - started
     if device.type == "cuda":  # warm-up: kernels and allocator (on the CPU a batch can take minutes)
         our_epoch(model, batches_of, optimizer, scaler, options, ctx, 1, seed=0)
@@ -275,7 +264,8 @@ def measure_ours(args, items, clip, tokenizer, train_tf, classnames, precision: 
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     parts, part_batches = our_parts(model, batches_of, optimizer, scaler, options, ctx, n, seed=2)
     steady = batches[1:] or batches  # after the first batch: the step rate once the loader runs
-    return {"augment": ctx.augment, "batches": batches, "parts": parts, "part_batches": part_batches,
+    image_data.DECODED.missing([])  # free them: the authors' measurement comes next
+    return {"augment": path, "batches": batches, "parts": parts, "part_batches": part_batches,
             "memory": memory, "decode_once": decode_once, "steps_per_s": len(steady) / sum(steady)}
 
 

@@ -45,15 +45,15 @@ def test_the_profiled_step_is_the_training_step(config_dir, tmp_path):
     items = bench.training_set(tmp_path / "data", classes=3, shots=2, distinct=3)
     torch.manual_seed(0)
     clip, tokenizer, train_tf, _ = pini.load_clip(str(config_dir / "tiny-vit.json"), "none")
-    ctx = epochs.Context(clip, tokenizer, train_tf, None, torch.device("cpu"), "fp32", "tensor")
-    options = SimpleNamespace(batch_size=3, workers=0, cache_views=0, noise_samples=2, ce_weight=1.0,
-                              kl_weight=0.1, prior_std=1.0)
+    ctx = epochs.Context(clip, tokenizer, train_tf, None, torch.device("cpu"), "fp32")
+    options = SimpleNamespace(batch_size=3, workers=0, augment="tensor", cache_views=0, noise_samples=2,
+                              ce_weight=1.0, kl_weight=0.1, prior_std=1.0)
     start = pini.PiNI(clip, tokenizer, bench.class_names(3))
     after = {}
     for name in ["train.py", "profiled"]:
         model = copy.deepcopy(start)
         optimizer = bench.sgd(model.trainable_parameters())
-        batches_of = epochs.epoch_batches(model, items, options, ctx)
+        batches_of, _ = epochs.epoch_batches(model, items, options, ctx)
         torch.manual_seed(1)
         if name == "train.py":
             epochs.train_epoch(model, bench.take(batches_of(5), 2), optimizer, None, options, ctx)
@@ -81,3 +81,24 @@ def test_epoch_benchmark_reports_its_parts_and_ratios(config_dir, tmp_path, caps
     assert abs(floor - r["ours"] / r["parts"]["image tower"]) < 0.01 * floor
     shares = [float(x) for x in re.findall(r"^\s{4}\S.*?\s([\d.]+) %$", out, re.M)]
     assert len(shares) == 5 and abs(sum(shares) - 100) < 0.5
+
+
+def test_an_epoch_is_projected_from_its_first_batches():
+    bench = load_epoch_script()
+    assert bench.epoch_seconds([5.0, 1.0, 3.0], per_epoch=10) == 5.0 + 2.0 * 9  # start-up counted once
+    assert bench.epoch_seconds([2.0], per_epoch=10) == 20.0
+    assert bench.epoch_seconds([5.0, 1.0, 3.0], per_epoch=3) == 9.0  # the whole epoch timed
+
+
+def test_the_padded_text_baseline_does_the_padded_work():
+    """benchmarks/text_side.py times 'every name padded to the longest' by moving each EOT to the
+    last position any prompt needs: every prompt then ends there, other tokens unchanged."""
+    spec = importlib.util.spec_from_file_location("text_side", SCRIPT.parent / "text_side.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    import torch
+    eot = 49407
+    tokens = torch.tensor([[5, eot, 0, 0, 0], [5, 6, 7, eot, 0], [8, eot, 0, 0, 0]])
+    moved = bench.padded(tokens)
+    assert moved.argmax(-1).tolist() == [3, 3, 3] and (moved == eot).sum() == 3
+    assert torch.equal(moved[:, :3][tokens[:, :3] != eot], tokens[:, :3][tokens[:, :3] != eot])

@@ -9,6 +9,7 @@ from PIL import Image
 
 import datasets
 import epochs
+import image_data
 import pini
 import train
 from conftest import touch_image, write_json_split
@@ -230,13 +231,14 @@ def textured_caltech(root):
 
 
 def test_tensor_augmentation_feeds_the_pil_paths_batches(base_args, monkeypatch, tmp_path, capsys):
-    """--augment tensor: the batches of --augment pil (order, labels, crop boxes, flips) with the
-    pixels within a few grey levels; the choice is a setting of the run."""
+    """--augment tensor is fed the batches of --augment pil: the same order and labels, and pixels
+    within a few grey levels (on textured images, where another box or flip changes many pixels
+    by far more); each epoch's record says which path fed it."""
     fed = {}
 
     def recording(model, batches, optimizer, scaler, options, ctx):
         batches = list(batches)
-        fed.setdefault(ctx.augment, []).append(batches)
+        fed.setdefault(options.augment, []).append(batches)
         return epochs.train_epoch(model, iter(batches), optimizer, scaler, options, ctx)
 
     monkeypatch.setattr(train, "train_epoch", recording)
@@ -244,7 +246,8 @@ def test_tensor_augmentation_feeds_the_pil_paths_batches(base_args, monkeypatch,
     args = base_args + ["--dataset", "caltech101", "--shots", "2", "--data-root", str(root)]
     for augment in ["pil", "tensor"]:
         assert train.main(args + ["--augment", augment, "--output-dir", str(tmp_path / augment)]) == 0
-        assert read_result(["--output-dir", str(tmp_path / augment)])["settings"]["augment"] == augment
+        history = read_result(["--output-dir", str(tmp_path / augment)])["history"]
+        assert [h["augment"] for h in history] == [augment, augment]
     grey_level = 1 / 255 / min(open_clip.OPENAI_DATASET_STD)  # in normalised units (the tiny CLIP uses them)
     for pil_epoch, tensor_epoch in zip(fed["pil"], fed["tensor"], strict=True):
         for (pil, _, pil_labels), (tensor, _, tensor_labels) in zip(pil_epoch, tensor_epoch, strict=True):
@@ -253,26 +256,38 @@ def test_tensor_augmentation_feeds_the_pil_paths_batches(base_args, monkeypatch,
     first, second = fed["pil"]  # the check can fail: another epoch's crops are far apart
     assert (first[0][0] - second[0][0]).abs().mean() > 10 * grey_level
 
-    # a run made with one path is not silently reused for the other
-    assert train.main(args + ["--augment", "pil", "--output-dir", str(tmp_path / "tensor")]) == 2
-    assert "augment: tensor → pil" in capsys.readouterr().err
+    # like the device, the data path is not part of what a run is: a finished run is reused
+    assert train.main(args + ["--augment", "pil", "--output-dir", str(tmp_path / "tensor")]) == 0
+    assert "skipping" in capsys.readouterr().out
 
 
 def test_tensor_augmentation_that_does_not_fit_in_memory_says_what_to_do(base_args, monkeypatch, capsys):
+    monkeypatch.setattr(image_data, "DECODED", image_data.DecodedImages())  # none kept by earlier tests
     monkeypatch.setattr(epochs, "available_memory", lambda: 1000)
     assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2", "--augment", "tensor"]) == 2
     message = capsys.readouterr().err
-    assert "--augment tensor keeps the 8 training images decoded in memory: 1.5 KiB, but 1.0 KiB" in message
-    assert "--augment pil" in message
+    assert "--augment tensor: the 8 training images take 1.5 KiB decoded, but 1.0 KiB of memory" in message
+    assert "Use --augment pil" in message
 
 
 @pytest.mark.parametrize("memory, path", [(None, "tensor"), (1000, "pil")])
 def test_auto_augmentation_keeps_images_decoded_when_they_fit(base_args, monkeypatch, capsys, memory, path):
+    monkeypatch.setattr(image_data, "DECODED", image_data.DecodedImages())  # none kept by earlier tests
     monkeypatch.setattr(epochs, "available_memory", lambda: memory)  # None: unknown, 1000: far too little
     assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2"]) == 0
-    assert read_result(base_args)["settings"]["augment"] == path
+    assert {h["augment"] for h in read_result(base_args)["history"]} == {path}
     said = capsys.readouterr()
-    assert ("KiB decoded, more than this machine can keep" in said.out + said.err) == (path == "pil")
+    assert ("--augment auto: the 8 training images take 1.5 KiB" in said.out + said.err) == (path == "pil")
+
+
+def test_decoded_images_go_to_the_gpu_only_when_they_take_at_most_half_its_free_memory(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (calls.append("info") or 1000, 4000))
+    cuda = torch.device("cuda")
+    assert epochs.on_gpu(500, cuda) and not epochs.on_gpu(501, cuda)
+    assert calls[:2] == ["empty", "info"]  # the allocator's idle blocks are given back before counting
+    assert not epochs.on_gpu(1, torch.device("cpu"))
 
 
 def test_cached_views_refuse_the_pixel_injector(base_args, capsys):
