@@ -330,7 +330,7 @@ def encode_text_shared_prefix(clip, prefix: torch.Tensor, suffix: torch.Tensor, 
     For the same reason nothing after a class's EOT reaches its feature, so each class's suffix
     stops at its own EOT: classes run in groups of equal suffix length instead of all padded to
     the longest name (with ImageNet's names a suffix is 4.2 tokens on average and 13 at most:
-    benchmarks/text_side.py measures 3× less text work at 1000 classes).
+    benchmarks/text_side.py measures 2.5–3× less text work at 1000 classes).
 
     The output equals `encode_text_embeddings` on the concatenated prompts up to float rounding
     (tested, with gradients). The first P positions must hold no padding.

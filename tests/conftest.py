@@ -78,6 +78,15 @@ def jpeg_bytes(color=(200, 30, 30), size=8) -> bytes:
 JPEG = jpeg_bytes()
 
 
+def noise_png(seed: int, size=32) -> bytes:
+    """A PNG of random pixels: every crop of it differs."""
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def touch_image(path: Path, data: bytes = JPEG):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

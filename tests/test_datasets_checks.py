@@ -5,12 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 import datasets
 import image_data
-from conftest import JPEG, touch_image, write_json_split
+from conftest import JPEG, noise_png, touch_image, write_json_split
 from datasets import DatasetError
 
 
@@ -113,14 +112,6 @@ def test_aircraft_line_with_unknown_variant_names_file_and_line(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # verify_images
 # ----------------------------------------------------------------------------------------------
-
-def noise_png(seed: int, size=32) -> bytes:
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
 
 def big_jpeg() -> bytes:
     buffer = io.BytesIO()

@@ -1,6 +1,5 @@
 """Reading training images: seeds that travel with indices, images decoded once, and the two
 augmentation paths (--augment pil / tensor) drawing the same crops and flips."""
-import io
 import os
 
 import numpy as np
@@ -14,18 +13,10 @@ import datasets
 import epochs
 import image_data
 import pini
-from conftest import touch_image
+from conftest import noise_png, touch_image
 
 CLIP_CFG = {"size": 224, "interpolation": "bicubic", "mean": (0.48145466, 0.4578275, 0.40821073),
             "std": (0.26862954, 0.26130258, 0.27577711)}
-
-
-def noise_png(seed: int, size=32) -> bytes:
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def photo(width=500, height=375, seed=0) -> Image.Image:
