@@ -197,11 +197,12 @@ def train_transform(preprocess_cfg: dict) -> v2.Compose:
     milder crop (0.9–1), so we build this one ourselves from the model's preprocessing config.
 
     One torchvision (v2) transform serves both data paths of train.py (`--augment`): given a
-    PIL image it crops and resizes with PIL, exactly as the authors' (v1) transform does; given a
-    (3, H, W) uint8 tensor — on the CPU or a GPU — it draws the same crop box and flip from
-    torch's generator and resizes with torch's antialiased bicubic kernel. Same boxes, same
-    flips, same kernel; PIL's fixed-point arithmetic and torch's differ by a fraction of a grey
-    level per pixel on average, at most 3 levels of 255 (tests/test_image_data.py measures it).
+    PIL image it crops and resizes with PIL, as the authors' (v1) transform does (to 1e-5); given
+    a (3, H, W) uint8 tensor — on the CPU or a GPU — it draws the same crop box and flip from
+    torch's CPU generator and resizes with torch's antialiased kernel of the config's
+    interpolation (bicubic for CLIP). Same boxes, same flips, same kernel; PIL's fixed-point
+    arithmetic and torch's differ by a fraction of a grey level per pixel on average, at most 3
+    levels of 255 in tests/test_image_data.py's measurement.
     """
     size = preprocess_cfg["size"]
     size = size if isinstance(size, int) else tuple(size)
@@ -324,13 +325,14 @@ def encode_text_shared_prefix(clip, prefix: torch.Tensor, suffix: torch.Tensor, 
     the same for every class at every layer. We therefore run the prefix once per noise sample
     and run each class's suffix with attention to [prefix; own earlier tokens]:
 
-        prefix tokens:  C·P·L  ->  P·L   transformer-token evaluations (L layers)
+        prefix tokens:  K·C·P·L  ->  K·P·L   transformer-token evaluations (L layers)
         suffix tokens:  each attends to the P prefix keys/values, computed once
 
     For the same reason nothing after a class's EOT reaches its feature, so each class's suffix
     stops at its own EOT: classes run in groups of equal suffix length instead of all padded to
     the longest name (with ImageNet's names a suffix is 4.2 tokens on average and 13 at most:
-    benchmarks/text_side.py measures 2.5–3× less text work at 1000 classes).
+    benchmarks/text_side.py measures a text forward + backward 2.5–3× faster at 1000 classes,
+    small CLIP on a CPU).
 
     The output equals `encode_text_embeddings` on the concatenated prompts up to float rounding
     (tested, with gradients). The first P positions must hold no padding.

@@ -14,9 +14,10 @@ The training set is a generated tree of 500×375 JPEGs (the size of the datasets
 
 and splits this project's step into data loading, the image tower, the text side (forward and
 backward), the injectors with the loss and their backward, and the optimiser, by timing each
-part on further batches with the device synchronised between them. The image tower's share is
-the floor: no change to the trained parts can make an epoch faster than the frozen tower's
-forward pass over its images.
+part on the first batches of another epoch (its own seed) with the device synchronised between
+them; shares are of the summed parts, which came within ~12 % of the epoch's time. The image
+tower is the floor: no change to the trained parts can make an epoch faster than the frozen
+tower's forward pass over its images.
 
 With --batches N only the first N batches of each epoch are timed and the epoch time is
 projected (mean batch time × batches per epoch); the script says which. It is a script, not a
@@ -119,10 +120,10 @@ def take(batches, n: int):
 
 
 def marked(batches, n: int, marks: list):
-    """The first n batches of `batches` (an iterable: a loader starts its workers when first asked),
-    with the time at which each one, and then the one after the last, is asked for appended to
-    `marks` (train.py's step and Dassl's both read the loss every step: the device is idle then)."""
-    marks.append(time.perf_counter())
+    """The first n batches of `batches`, with the time at which each one after the first, and then
+    the one after the last, is asked for appended to `marks` (the caller marks the start before
+    the loader starts; train.py's step and Dassl's both read the loss every step, so the device is
+    idle at each mark)."""
     for batch in take(batches, n):
         yield batch
         marks.append(time.perf_counter())
@@ -135,8 +136,8 @@ def intervals(marks: list) -> list:
 
 def our_epoch(model, batches_of, optimizer, scaler, options, ctx, n: int, seed: int) -> list:
     """Seconds per batch of train.py's own epoch (its first n batches when n > 0)."""
-    marks = []
     synchronise(ctx.device)
+    marks = [time.perf_counter()]  # before batches_of: it starts the loader's iteration
     epochs.train_epoch(model, marked(batches_of(seed), n, marks), optimizer, scaler, options, ctx)
     return intervals(marks)
 
@@ -183,8 +184,8 @@ def authors_epoch(step, optimizer, items, transform, options, device, n: int, se
     """Seconds per batch of the authors' epoch: Dassl's loader (workers started for each epoch,
     PIL decoding and cropping every image) feeding the authors' step."""
     torch.manual_seed(seed)
-    marks = []
     synchronise(device)
+    marks = [time.perf_counter()]
     loader = torch.utils.data.DataLoader(image_data.ImageDataset(items, transform), batch_size=options.batch_size,
                                          shuffle=True, drop_last=True, num_workers=options.workers,
                                          pin_memory=device.type == "cuda")
@@ -279,6 +280,7 @@ def report(r: dict, args, size: int, device_name: str):
         their_note = "" if r["their_timed"] == r["timed"] else f" (from {r['their_timed']} timed batches)"
         print(f"  authors' data path + step:    {r['theirs']:9.1f} s/epoch{their_note}")
     total = sum(r["parts"].values())
+    print(f"    parts, timed on another epoch's batches: {total:.1f} s ({total / r['ours']:.2f}x the epoch)")
     for part in PARTS:
         print(f"    {part:<22} {r['parts'][part]:9.1f} s  {100 * r['parts'][part] / total:5.1f} %")
     if r["augment"] == "tensor":
