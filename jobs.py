@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import datasets
 import downloads
+import fewshot
 import image_data
 import pini
 import runs
@@ -53,7 +54,7 @@ class Job:
     seed: int = 0
     ablation: str = ""  # the ABLATION row this job belongs to, "" outside --ablation
     overrides: dict = field(default_factory=dict)  # the variant's changes to the command line
-    sample: Optional[datasets.FewShot] = None
+    sample: Optional[fewshot.FewShot] = None
     protocol: str = "few-shot"
     new_split: Optional[datasets.Split] = None  # base2new: the unseen classes, tested after training
     source: Optional["Job"] = None  # domain, cross-dataset: the training job whose checkpoint is tested
@@ -101,7 +102,7 @@ def plan(args, checkpoint: Optional[dict]) -> list:
     jobs = []
     for split in splits:
         for shots in args.shots:
-            samples = {seed: datasets.few_shot(split, shots, seed) for seed in args.seeds}
+            samples = {seed: fewshot.few_shot(split, shots, seed) for seed in args.seeds}
             warn_short(split, shots, samples[args.seeds[0]])
             for variant, overrides in (ABLATION if args.ablation else [("", {})]):
                 if overrides is None:  # the zero-shot control: no training, no seed
@@ -119,14 +120,14 @@ def base_to_new_jobs(splits, args) -> list:
     a zero-shot CLIP job for the same two halves."""
     jobs = []
     for split in splits:
-        halves = [datasets.class_half(split, None, half)[0] for half in datasets.HALVES]
+        halves = [fewshot.class_half(split, None, half)[0] for half in fewshot.HALVES]
         jobs.append(Job("zero-shot", halves[0], protocol="base2new", new_split=halves[1]))
         for shots in ([] if args.zero_shot else args.shots):
             for seed in args.seeds:
-                sample = datasets.few_shot(split, shots, seed)
-                base, base_sample = datasets.class_half(split, sample, "base")
+                sample = fewshot.few_shot(split, shots, seed)
+                base, base_sample = fewshot.class_half(split, sample, "base")
                 jobs.append(Job("train", base, shots, seed, sample=base_sample, protocol="base2new",
-                                new_split=datasets.class_half(split, sample, "new")[0]))
+                                new_split=fewshot.class_half(split, sample, "new")[0]))
     return jobs
 
 
@@ -144,7 +145,7 @@ def transfer_jobs(source: datasets.Split, targets: list, args) -> list:
     jobs = [Job("zero-shot", split) for split in [source, *targets]]
     for shots in args.shots:
         for seed in args.seeds:
-            trained = Job("train", source, shots, seed, sample=datasets.few_shot(source, shots, seed))
+            trained = Job("train", source, shots, seed, sample=fewshot.few_shot(source, shots, seed))
             jobs.append(trained)
             jobs += [Job("eval", target, shots, seed, protocol=args.protocol, source=trained,
                          overrides={"template": source.info.template}) for target in targets]

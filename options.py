@@ -48,12 +48,24 @@ def shard_spec(text: str) -> tuple:
     return index, count
 
 
+def _joined_negative_values(argv) -> list:
+    """'--shard -1/2' as '--shard=-1/2': argparse would take '-1/2' for an unknown flag and answer
+    "expected one argument" instead of the range check's message."""
+    out = []
+    for arg in argv:
+        if out and out[-1] == "--shard" and arg[:1] == "-" and arg[1:2].isdigit():
+            out[-1] = f"--shard={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def parse_args(argv=None, description: str = "") -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     for add_options in (_data_options, _model_options, _objective_options, _optimisation_options, _run_options):
         add_options(p)
-    args = p.parse_args(argv)
+    args = p.parse_args(_joined_negative_values(sys.argv[1:] if argv is None else argv))
     args.started = time.time()  # results older than this call are what --force replaces
     for problem in _inconsistencies(args):
         p.error(problem)

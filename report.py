@@ -24,11 +24,12 @@ import matplotlib
 matplotlib.use("Agg")  # write files, never open windows
 import matplotlib.pyplot as plt  # noqa: E402
 
-from runs import atomic_write, find_records  # noqa: E402  (every file whole or not at all: shards share the folder)
+from files import atomic_write, atomic_write_text  # noqa: E402  (every file whole or not at all: shards share the folder)
+from runs import find_records  # noqa: E402
 
 
 def _write_text(path: Path, text: str):
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write_text(path, text)
 
 
 def _write_csv(path: Path, rows):

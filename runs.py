@@ -20,12 +20,13 @@ import json
 import os
 import pickle
 import socket
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import torch
+
+from files import atomic_write, atomic_write_text
 
 RESULT, EVAL_RESULT, CHECKPOINT = "result.json", "eval.json", "checkpoint.pt"
 
@@ -62,21 +63,8 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def atomic_write(path: Path, write):
-    """Call write(temporary path), then rename it over `path` (atomic on one filesystem)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_record(path: Path, record: dict):
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(plain(record), indent=1)))
+    atomic_write_text(path, json.dumps(plain(record), indent=1))
 
 
 def read_record(path: Path) -> dict:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import datasets
+import fewshot
 import image_data
 from conftest import JPEG, touch_image, write_json_split
 from datasets import DatasetError
@@ -61,7 +62,7 @@ def test_real_caltech101_split(tmp_path):
     assert split.classnames[:4] == ["face", "leopard", "motorbike", "accordion"]
     assert "airplane" in split.classnames and "Faces_easy" not in split.classnames
     datasets.check_files(split.train + split.val + split.test)  # every path the split names exists
-    sample = datasets.few_shot(split, 16, seed=1)
+    sample = fewshot.few_shot(split, 16, seed=1)
     train, val = sample.train, sample.val
     counts = torch.bincount(torch.tensor([item.label for item in train]), minlength=100)
     # 16 per class, except classes with fewer training images, which come whole
@@ -160,27 +161,27 @@ def small_split(tmp_path):
 
 
 def test_few_shot_sampling_is_deterministic_and_cached(small_split, monkeypatch):
-    sample = datasets.few_shot(small_split, 4, seed=1)
+    sample = fewshot.few_shot(small_split, 4, seed=1)
     train, val = sample.train, sample.val
     assert [item.label for item in train] == [0] * 4 + [1] * 4
     assert len(val) == 8  # min(k, 4) per class
     cache = small_split.folder / "split_fewshot" / "shot_4-seed_1.json"
     assert json.loads(cache.read_text())["train"][0][0].startswith("banded/")  # readable, relative paths
     assert sample.cache_path == str(cache)
-    other = datasets.few_shot(small_split, 4, seed=2).train
+    other = fewshot.few_shot(small_split, 4, seed=2).train
     assert {i.path for i in other} != {i.path for i in train}
-    assert datasets.few_shot(small_split, 4, seed=1, cache=False).train == train  # same seed, same files
-    all_of_them = datasets.few_shot(small_split, 50, seed=1, cache=False)
+    assert fewshot.few_shot(small_split, 4, seed=1, cache=False).train == train  # same seed, same files
+    all_of_them = fewshot.few_shot(small_split, 50, seed=1, cache=False)
     assert len(all_of_them.train) == 20  # fewer than k: the whole class, reported
     assert all_of_them.short_classes == {"banded": 10, "dotted": 10}
-    monkeypatch.setattr(datasets, "sample_per_class", lambda *a: pytest.fail("cache not used"))
-    assert datasets.few_shot(small_split, 4, seed=1).train == train
+    monkeypatch.setattr(fewshot, "sample_per_class", lambda *a: pytest.fail("cache not used"))
+    assert fewshot.few_shot(small_split, 4, seed=1).train == train
 
 
 @pytest.mark.parametrize("shots", [0, -2, 1.5, "4", True])
 def test_bad_shots(small_split, shots):
     with pytest.raises(DatasetError, match="shots must be a positive integer"):
-        datasets.few_shot(small_split, shots, seed=1)
+        fewshot.few_shot(small_split, shots, seed=1)
 
 
 def test_missing_dataset_names_layout_and_source(tmp_path):
@@ -228,7 +229,7 @@ def test_custom_folder_per_class(tmp_path):
     assert split.info.template == "a photo of a"
     assert (len(split.train), len(split.val), len(split.test)) == (10, 4, 6)
     assert (root / "split_pini.json").is_file()
-    assert len(datasets.few_shot(split, 2, seed=1).train) == 4
+    assert len(fewshot.few_shot(split, 2, seed=1).train) == 4
     assert split.source == "custom"
 
 

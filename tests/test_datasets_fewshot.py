@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import datasets
+import fewshot
 from conftest import touch_image, write_json_split
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -67,7 +68,7 @@ def test_sample_is_dassls_on_the_real_caltech101_split(tmp_path, caltech_raw, sh
     split = load_split_file(tmp_path, caltech_raw)
     global_state = random.getstate()
     for seed in (1, 2, 3):
-        sample = datasets.few_shot(split, shots, seed, cache=False)
+        sample = fewshot.few_shot(split, shots, seed, cache=False)
         train, val = relative(sample, split)
         ref_train, ref_val = dassl_reference(caltech_raw, shots, seed)
         assert train == ref_train  # same images, same order
@@ -95,7 +96,7 @@ def test_sample_walks_labels_in_first_appearance_order(tmp_path, caltech_raw):
     assert [r[1] for r in raw["train"][:1]] != [0]  # really not ascending
     split = load_split_file(tmp_path, raw)
     for shots, seed in [(1, 1), (4, 2), (16, 3)]:
-        train, val = relative(datasets.few_shot(split, shots, seed, cache=False), split)
+        train, val = relative(fewshot.few_shot(split, shots, seed, cache=False), split)
         assert (train, val) == dassl_reference(raw, shots, seed)
         # sorted label order (the old sampler) gives another sample: the test tells them apart
         assert train != dassl_reference({p: sorted(r, key=lambda row: row[1]) for p, r in raw.items()},
@@ -111,7 +112,7 @@ def test_imagenet_samples_train_only(tmp_path):
             for i in range(n):
                 touch_image(folder / "images" / part / wnid / f"{i}.JPEG")
     split = datasets.load_dataset("imagenet", tmp_path)
-    sample = datasets.few_shot(split, 2, seed=1)
+    sample = fewshot.few_shot(split, 2, seed=1)
     raw = {"train": [[i.path, i.label, i.classname] for i in split.train]}
     assert [i.path for i in sample.train] == dassl_reference(raw, 2, 1, train_only=True)[0]
     assert sample.val == []  # ImageNet's val is its test set: CoOp samples none
@@ -130,10 +131,10 @@ def dtd(tmp_path):
 
 def test_cache_records_its_fingerprint_and_a_changed_split_resamples(dtd, monkeypatch):
     split = datasets.load_dataset("dtd", dtd)
-    first = datasets.few_shot(split, 4, seed=1)
+    first = fewshot.few_shot(split, 4, seed=1)
     meta = json.loads(Path(first.cache_path).read_text())["pini"]
     assert meta["fingerprint"] == first.fingerprint and meta["split_fingerprint"] == split.fingerprint
-    assert meta["sampler_version"] == datasets.SAMPLER_VERSION and meta["classnames"] == ["banded", "dotted"]
+    assert meta["sampler_version"] == fewshot.SAMPLER_VERSION and meta["classnames"] == ["banded", "dotted"]
     # the split file now puts the first 6 training images of each class into test
     path = dtd / "dtd" / "split_zhou_DescribableTextures.json"
     raw = json.loads(path.read_text())
@@ -144,7 +145,7 @@ def test_cache_records_its_fingerprint_and_a_changed_split_resamples(dtd, monkey
     changed = datasets.load_dataset("dtd", dtd)
     assert changed.fingerprint != split.fingerprint
     with pytest.warns(UserWarning, match="drawn from another split"):
-        again = datasets.few_shot(changed, 4, seed=1)
+        again = fewshot.few_shot(changed, 4, seed=1)
     test_paths = {i.path for i in changed.test}
     assert not test_paths & {i.path for i in again.train}  # no test image trains
     assert {i.path for i in again.train} <= {i.path for i in changed.train}
@@ -152,13 +153,13 @@ def test_cache_records_its_fingerprint_and_a_changed_split_resamples(dtd, monkey
 
 def test_cache_naming_images_outside_the_split_is_not_used(dtd):
     split = datasets.load_dataset("dtd", dtd)
-    sample = datasets.few_shot(split, 2, seed=1)
+    sample = fewshot.few_shot(split, 2, seed=1)
     cache = Path(sample.cache_path)
     raw = json.loads(cache.read_text())
     raw["train"][0][0] = split.test[0].path.removeprefix(str(split.image_root) + "/")  # fingerprint kept
     cache.write_text(json.dumps(raw))
     with pytest.warns(UserWarning, match="not in the current split's train/val"):
-        again = datasets.few_shot(split, 2, seed=1)
+        again = fewshot.few_shot(split, 2, seed=1)
     assert again.train == sample.train
 
 
@@ -169,7 +170,7 @@ def test_old_unfingerprinted_cache_is_drawn_again(dtd):
     rows = [[i.path.removeprefix(str(split.image_root) + "/"), i.label, i.classname] for i in split.train[:4]]
     cache.write_text(json.dumps({"train": rows, "val": [], "test": []}))  # the earlier format
     with pytest.warns(UserWarning, match="drawing the few-shot sample again"):
-        sample = datasets.few_shot(split, 2, seed=1)
+        sample = fewshot.few_shot(split, 2, seed=1)
     assert len(sample.val) == 4 and "pini" in json.loads(cache.read_text())
 
 
@@ -182,7 +183,7 @@ def test_generated_then_coop_split_never_reuses_the_old_sample(tmp_path):
     with pytest.warns(UserWarning, match="generated a split"):
         generated = datasets.load_dataset("dtd", tmp_path)
     assert generated.source == "generated" and generated.split_path.name == "split_pini_generated.json"
-    old = datasets.few_shot(generated, 4, seed=1)
+    old = fewshot.few_shot(generated, 4, seed=1)
     # CoOp's file: what the generated split trained on is test here
     coop = {"train": [], "val": [], "test": []}
     gen_train = {i.path for i in generated.train}
@@ -194,7 +195,7 @@ def test_generated_then_coop_split_never_reuses_the_old_sample(tmp_path):
     split = datasets.load_dataset("dtd", tmp_path)
     assert split.source == "coop" and split.fingerprint != generated.fingerprint
     with pytest.warns(UserWarning, match="another split"):
-        new = datasets.few_shot(split, 4, seed=1)
+        new = fewshot.few_shot(split, 4, seed=1)
     assert not {i.path for i in new.train} & {i.path for i in split.test}
     assert {i.path for i in old.train} <= {i.path for i in split.test}  # the old sample would have leaked
 
@@ -216,15 +217,15 @@ def test_split_written_by_an_earlier_pini_under_coops_name_is_not_taken_for_coop
 
 def test_record_recreates_the_sample(dtd):
     split = datasets.load_dataset("dtd", dtd)
-    sample = datasets.few_shot(split, 4, seed=3, cache=False)
+    sample = fewshot.few_shot(split, 4, seed=3, cache=False)
     record = json.loads(json.dumps(sample.record()))  # JSON-able
     assert record["train"][0].startswith(("banded/", "dotted/")) and len(record["val"]) == 8
     assert record["split_source"] == "coop" and record["fingerprint"] == sample.fingerprint
-    again = datasets.few_shot_from_record(split, record)
+    again = fewshot.few_shot_from_record(split, record)
     assert (again.train, again.val) == (sample.train, sample.val)
     record["split_fingerprint"] = "0" * 20
     with pytest.raises(datasets.DatasetError, match="another split"):
-        datasets.few_shot_from_record(split, record)
+        fewshot.few_shot_from_record(split, record)
 
 
 def make_custom(root: Path, classes, n=6):
@@ -237,7 +238,7 @@ def test_custom_split_is_refreshed_when_classes_change_and_cache_folders_are_no_
     root = tmp_path / "birds"
     make_custom(root, ["jay", "robin"])
     split = datasets.load_dataset(str(root))
-    datasets.few_shot(split, 1, seed=1)  # makes birds/split_fewshot/
+    fewshot.few_shot(split, 1, seed=1)  # makes birds/split_fewshot/
     assert (root / "split_fewshot").is_dir()
     assert datasets.load_dataset(str(root)).fingerprint == split.fingerprint  # unchanged: the cache is used
     make_custom(root, ["wren"])
@@ -252,13 +253,13 @@ def test_custom_split_is_refreshed_when_classes_change_and_cache_folders_are_no_
 def read_only(monkeypatch):
     """Make writes under a folder fail as on a read-only mount (chmod does not stop root)."""
     def protect(folder: Path):
-        write = datasets._atomic_write
+        write = datasets.atomic_write_text
 
         def refuse(path, text):
             if Path(path).is_relative_to(folder):
                 raise PermissionError(13, "Permission denied", str(path))
             write(path, text)
-        monkeypatch.setattr(datasets, "_atomic_write", refuse)
+        monkeypatch.setattr(datasets, "atomic_write_text", refuse)
     return protect
 
 
@@ -268,17 +269,17 @@ def test_read_only_custom_folder_caches_in_the_user_cache(tmp_path, read_only, u
     read_only(root)
     split = datasets.load_dataset(str(root))  # no PermissionError
     assert split.split_path.is_relative_to(user_cache) and not (root / "split_pini.json").exists()
-    sample = datasets.few_shot(split, 2, seed=1)
+    sample = fewshot.few_shot(split, 2, seed=1)
     assert Path(sample.cache_path).is_relative_to(user_cache)
     monkeypatch.setattr(datasets, "make_split", lambda *a, **k: pytest.fail("cached split not used"))
-    monkeypatch.setattr(datasets, "sample_per_class", lambda *a: pytest.fail("cached sample not used"))
+    monkeypatch.setattr(fewshot, "sample_per_class", lambda *a: pytest.fail("cached sample not used"))
     again = datasets.load_dataset(str(root))
-    assert again.train == split.train and datasets.few_shot(again, 2, seed=1).train == sample.train
+    assert again.train == split.train and fewshot.few_shot(again, 2, seed=1).train == sample.train
 
 
 def test_cache_dir_is_used_first(dtd, tmp_path):
     split = datasets.load_dataset("dtd", dtd)
-    sample = datasets.few_shot(split, 2, seed=1, cache_dir=tmp_path / "runs")
+    sample = fewshot.few_shot(split, 2, seed=1, cache_dir=tmp_path / "runs")
     assert Path(sample.cache_path).is_relative_to(tmp_path / "runs")
     assert not (split.folder / "split_fewshot").exists()
 
@@ -287,5 +288,5 @@ def test_nowhere_writable_still_samples(dtd, read_only, tmp_path):
     split = datasets.load_dataset("dtd", dtd)
     read_only(tmp_path)
     with pytest.warns(UserWarning, match="could not write the cache"):
-        sample = datasets.few_shot(split, 2, seed=1)
+        sample = fewshot.few_shot(split, 2, seed=1)
     assert sample.cache_path is None and len(sample.train) == 4

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import datasets
+import fewshot
 import train
 from test_datasets_fewshot import CALTECH_SPLIT, load_split_file
 from test_runs import base_args, data_root  # noqa: F401  (fixtures)
@@ -27,8 +28,8 @@ def cocoop_reference(train_rows, parts, half):
 def test_the_class_split_is_cocoops_on_the_real_caltech101_split(tmp_path, half):
     raw = json.loads(CALTECH_SPLIT.read_text())
     split = load_split_file(tmp_path, raw)
-    sample = datasets.few_shot(split, 4, 1)
-    part, cut = datasets.class_half(split, sample, half)
+    sample = fewshot.few_shot(split, 4, 1)
+    part, cut = fewshot.class_half(split, sample, half)
     root = str(split.image_root) + "/"
 
     def rows(items):
@@ -43,7 +44,7 @@ def test_the_class_split_is_cocoops_on_the_real_caltech101_split(tmp_path, half)
 
 def test_an_odd_number_of_classes_gives_the_extra_one_to_base(data_root):  # noqa: F811
     split = datasets.load_dataset("sun397", data_root)  # 3 classes
-    assert [datasets.class_half(split, None, h)[0].classnames for h in ("base", "new")] == [["abbey", "beach"],
+    assert [fewshot.class_half(split, None, h)[0].classnames for h in ("base", "new")] == [["abbey", "beach"],
                                                                                         ["canyon"]]
 
 

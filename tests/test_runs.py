@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import datasets
+import fewshot
 import runs
 import train
 from conftest import touch_image, write_json_split
@@ -102,7 +103,7 @@ def test_repeated_seeds_count_once_and_the_summary_keeps_earlier_results(base_ar
 def test_the_record_holds_the_few_shot_sample(base_args, tmp_path):
     assert train.main(base_args + ["--epochs", "1"]) == 0
     record = read_result(base_args)
-    sample = datasets.few_shot(datasets.load_dataset("caltech101", base_args[1]), 2, 1)
+    sample = fewshot.few_shot(datasets.load_dataset("caltech101", base_args[1]), 2, 1)
     assert record["sample"] == json.loads(json.dumps(sample.record()))
     assert record["settings"]["sample"] == sample.fingerprint
     assert record["settings"]["split"]["source"] == "coop"
@@ -342,3 +343,20 @@ def test_a_stray_result_file_gives_one_line(base_args, tmp_path, capsys):
     assert train.main(base_args + ["--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert f"{stray} is not a PiNI result file" in err and "Traceback" not in err
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    import files
+
+    path = tmp_path / "result.json"
+    files.atomic_write_text(path, "old")
+
+    def half_then_fail(tmp):
+        tmp.write_text("half of the new")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        files.atomic_write(path, half_then_fail)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    files.atomic_write_text(path, "new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["result.json"]

@@ -104,7 +104,8 @@ def test_summarize_rebuilds_the_tables_without_a_model_or_data(call, tmp_path, m
 
 
 @pytest.mark.parametrize("spec", ["2/2", "-1/2", "1", "a/b", "0/0"])
-def test_a_bad_shard_is_refused(spec, capsys):
+@pytest.mark.parametrize("joined", [True, False])
+def test_a_bad_shard_is_refused(spec, joined, capsys):
     with pytest.raises(SystemExit):
-        train.parse_args([f"--shard={spec}"])
+        train.parse_args([f"--shard={spec}"] if joined else ["--shard", spec])
     assert "must be I/N with 0 ≤ I < N" in capsys.readouterr().err
