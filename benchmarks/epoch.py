@@ -1,7 +1,7 @@
 """Where an epoch's time goes: a real training epoch on full-size JPEGs, this project against the
 authors' data path and step, split into its parts, with the frozen image tower as the floor.
 
-The training set is a generated tree of 500×375 JPEGs (the size of the datasets' photographs),
+The training set is a generated tree of 500×375 JPEGs (photograph-sized, as in the datasets),
 `--shots` per class. For each number of classes the script measures, in one run:
 
   this project   train.py's own epoch (`epochs.epoch_batches` + `epochs.train_epoch`): the data
@@ -61,7 +61,8 @@ PARTS = ("data", "image tower", "text side", "injectors + backward", "optimiser"
 # -----------------------------------------------------------------------------------------
 
 def photo_jpeg(seed: int, width=500, height=375) -> bytes:
-    """A photograph-sized JPEG with smooth shapes and grain (decoding cost like a real photo's)."""
+    """A photograph-sized JPEG of smooth shapes and grain (a real photograph, with more detail,
+    may take longer to decode: the data figures are a lower bound)."""
     rng = np.random.default_rng(seed)
     smooth = Image.fromarray((rng.random((height // 8, width // 8, 3)) * 255).astype(np.uint8))
     pixels = np.asarray(smooth.resize((width, height), Image.BICUBIC)).astype(np.int16)
