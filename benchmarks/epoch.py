@@ -293,7 +293,7 @@ def report(r: dict, args, size: int, device_name: str):
         print(f"  authors' epoch / ours:     {r['theirs'] / r['ours']:.2f}x")
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="small", help="'small' (CPU-sized, 64-px images) or an open_clip name, e.g. ViT-B-16")
     p.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
@@ -311,7 +311,11 @@ def main(argv=None):
                    help="this project's autocast precisions (default: fp16 on CUDA, fp32 on the CPU)")
     p.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "pini-epoch-bench"),
                    help="where the generated JPEG tree is written (reused by later runs)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     device = torch.device(args.device)
     precisions = args.precision or ["fp16" if device.type == "cuda" else "fp32"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"

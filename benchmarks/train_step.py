@@ -111,7 +111,7 @@ def time_steps(step, parameters, images, labels, steps: int, device, autocast_dt
     return steps / seconds, memory
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="small", help="'small' (CPU-sized) or an open_clip name, e.g. ViT-B-16")
     p.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
@@ -119,7 +119,11 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=["fp16", "bf16"], default="fp16", help="this project's autocast on CUDA")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else "CPU"

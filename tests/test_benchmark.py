@@ -102,3 +102,19 @@ def test_the_padded_text_baseline_does_the_padded_work():
     moved = bench.padded(tokens)
     assert moved.argmax(-1).tolist() == [3, 3, 3] and (moved == eot).sum() == 3
     assert torch.equal(moved[:, :3][tokens[:, :3] != eot], tokens[:, :3][tokens[:, :3] != eot])
+
+
+def test_the_gpu_checklist_only_uses_flags_the_benchmarks_have():
+    """benchmarks/gpu_check.sh is run on a GPU machine nobody can debug from here: every benchmark
+    command in it must parse (shell variables replaced by values they take)."""
+    import shlex
+
+    script = (SCRIPT.parent / "gpu_check.sh").read_text().replace("\\\n", " ")
+    commands = re.findall(r"python3 (benchmarks/\w+\.py)([^|\n]*)", script)
+    assert {path for path, _ in commands} == {"benchmarks/train_step.py", "benchmarks/epoch.py"}
+    for path, rest in commands:
+        spec = importlib.util.spec_from_file_location(Path(path).stem + "_checked", SCRIPT.parents[1] / path)
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        argv = shlex.split(rest.replace('"$precision"', "fp16").replace('"$WORKERS"', "8").replace("2>&1", ""))
+        bench.parser().parse_args(argv)  # SystemExit (and the test fails) on an unknown or malformed flag
