@@ -45,6 +45,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 import datasets  # the layouts; only its attributes are used, inside functions (datasets may import us)
+from files import human_size
 
 MIRROR_ENV = "PINI_DATA_MIRROR"
 COMMAND = "python datasets.py download"  # how command_for spells the download command
@@ -621,16 +622,6 @@ def command_for(alias: str, data_root=None) -> str:
     return command
 
 
-def _human(n: Optional[float]) -> str:
-    if n is None:
-        return "size unknown"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 def _free_space(root: Path) -> int:
     existing = root.resolve()
     while not existing.exists():
@@ -657,17 +648,17 @@ def download(names, data_root=None, yes: bool = False, mirror: Optional[str] = N
                                         if (mirror or s.url) else None) for s in sources}
         known = sum(size for size in sizes.values() if size)
         free = _free_space(root)
-        print(f"Downloading into {root.resolve()} ({_human(free)} free){' from the mirror ' + mirror if mirror else ''}:")
+        print(f"Downloading into {root.resolve()} ({human_size(free)} free){' from the mirror ' + mirror if mirror else ''}:")
         for alias in dict.fromkeys(alias for alias, _ in todo):
             print(f"  {alias}: {RECIPES[alias].terms}")
             for _, part in (item for item in todo if item[0] == alias):
-                print(f"    {part.source.filename:40s} {_human(sizes[part.source.filename]):>14s}  {part.source.where()}")
+                print(f"    {part.source.filename:40s} {human_size(sizes[part.source.filename]):>14s}  {part.source.where()}")
         unknown = sum(size is None for size in sizes.values())
-        total = f"{_human(known)}{f' + {unknown} file(s) of unknown size' if unknown else ''}" if known else "unknown"
+        total = f"{human_size(known)}{f' + {unknown} file(s) of unknown size' if unknown else ''}" if known else "unknown"
         print(f"Total: {total}; "
               "archives are deleted once unpacked, but need their own size again while they are.")
         if known > free:
-            raise DownloadError(f"not enough space: {_human(known)} to download, {_human(free)} free on {root}; "
+            raise DownloadError(f"not enough space: {human_size(known)} to download, {human_size(free)} free on {root}; "
                                 "free some space or choose another --data-root")
         if not yes and sys.stdin.isatty() and input("Proceed? [y/N] ").strip().lower() not in ("y", "yes"):
             raise DownloadError("cancelled: nothing was downloaded")

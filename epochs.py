@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 import image_data
 import pini
+from files import human_size
 from runs import UsageError
 
 
@@ -99,14 +100,6 @@ def loader(items, transform, batch_size, workers, shuffle=False, seed=0, load=No
 AUGMENT = ("auto", "pil", "tensor")
 
 
-def size_text(size: int) -> str:
-    """'6.7 GiB', '12.0 MiB', '1.5 KiB'."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size / 2**10:.1f} KiB"
-
-
 def available_memory() -> Optional[int]:
     """Bytes of memory the system can still give (Linux's MemAvailable); None when unknown."""
     try:
@@ -149,8 +142,8 @@ def training_loader(items, options, ctx: Context) -> tuple:
             kept = image_data.DECODED.keep(items, options.workers, device=device)
             return loader(items, ctx.train_tf, options.batch_size, workers=0, shuffle=True,
                           load=lambda path: kept[path].to(ctx.device, non_blocking=True)), "tensor"
-        text = (f"the {len(missing)} training images take {size_text(needed)} decoded, "
-                f"but {size_text(available_memory())} of memory is available")
+        text = (f"the {len(missing)} training images take {human_size(needed)} decoded, "
+                f"but {human_size(available_memory())} of memory is available")
         if options.augment == "tensor":
             raise UsageError(f"--augment tensor: {text}. Use --augment pil (decodes them from disk every epoch, "
                              "in --workers processes)")

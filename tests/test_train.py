@@ -266,7 +266,7 @@ def test_tensor_augmentation_that_does_not_fit_in_memory_says_what_to_do(base_ar
     monkeypatch.setattr(epochs, "available_memory", lambda: 1000)
     assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2", "--augment", "tensor"]) == 2
     message = capsys.readouterr().err
-    assert "--augment tensor: the 8 training images take 1.5 KiB decoded, but 1.0 KiB of memory" in message
+    assert "--augment tensor: the 8 training images take 1.5 KB decoded, but 1.0 KB of memory" in message
     assert "Use --augment pil" in message
 
 
@@ -277,7 +277,7 @@ def test_auto_augmentation_keeps_images_decoded_when_they_fit(base_args, monkeyp
     assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2"]) == 0
     assert {h["augment"] for h in read_result(base_args)["history"]} == {path}
     said = capsys.readouterr()
-    assert ("--augment auto: the 8 training images take 1.5 KiB" in said.out + said.err) == (path == "pil")
+    assert ("--augment auto: the 8 training images take 1.5 KB" in said.out + said.err) == (path == "pil")
 
 
 def test_decoded_images_go_to_the_gpu_only_when_they_take_at_most_half_its_free_memory(monkeypatch):
