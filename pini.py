@@ -349,17 +349,17 @@ def encode_text_shared_prefix(clip, prefix: torch.Tensor, suffix: torch.Tensor, 
     groups = [(lengths == n).nonzero().squeeze(1) for n in sizes]  # the classes of each suffix length
     xs = [(suffix[g, :n].to(cast_dtype) + positions[P:P + n]).expand(K, len(g), n, W)  # (K, C_g, n, W)
           for g, n in zip(groups, sizes)]
+    # suffix row i may see columns j ≤ P + i: the whole prefix and its own suffix up to i
+    masks = [torch.ones(n, P + n, dtype=torch.bool, device=prefix.device).tril(P) for n in sizes]
     for block in clip.transformer.resblocks:
         q_p, k_p, v_p = _attention_inputs(block, x_p)  # (K, H, P, W/H) each
         x_p = _finish_block(block, x_p, F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True))
-        for i, x_s in enumerate(xs):
-            C_g, n = x_s.shape[1:3]
+        for i, (x_s, mask) in enumerate(zip(xs, masks)):
+            C_g = x_s.shape[1]
             q_s, k_s, v_s = _attention_inputs(block, x_s)  # (K, C_g, H, n, W/H) each
             k_all = torch.cat([k_p.unsqueeze(1).expand(K, C_g, *k_p.shape[1:]), k_s], dim=-2)  # (K, C_g, H, P+n, W/H)
             v_all = torch.cat([v_p.unsqueeze(1).expand(K, C_g, *v_p.shape[1:]), v_s], dim=-2)
-            allowed = torch.ones(n, P + n, dtype=torch.bool, device=x_s.device)  # suffix row i sees the
-            allowed[:, P:] = allowed[:, P:].tril()                               # prefix and suffix ≤ i
-            xs[i] = _finish_block(block, x_s, F.scaled_dot_product_attention(q_s, k_all, v_all, attn_mask=allowed))
+            xs[i] = _finish_block(block, x_s, F.scaled_dot_product_attention(q_s, k_all, v_all, attn_mask=mask))
     pooled = torch.cat([x_s[:, :, -1] for x_s in xs], dim=1)  # (K, C, W): EOT, the last of each suffix
     order = torch.cat(groups).argsort()  # back from grouped order to class order
     return _project_text(clip, clip.ln_final(pooled[:, order]))  # (K, C, D)
