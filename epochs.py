@@ -147,7 +147,7 @@ def training_loader(items, options, ctx: Context) -> tuple:
         if options.augment == "tensor":
             raise UsageError(f"--augment tensor: {text}. Use --augment pil (decodes them from disk every epoch, "
                              "in --workers processes)")
-        image_data.DECODED.missing([])  # nothing kept: the memory goes back to training
+        image_data.DECODED.clear()
         tqdm.write(f"--augment auto: {text}: decoding them from disk every epoch instead (pil)")
     return loader(items, ctx.train_tf, options.batch_size, options.workers, shuffle=True), "pil"
 

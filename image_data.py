@@ -142,6 +142,10 @@ class DecodedImages:
         self.images = {path: pixels for path, pixels in self.images.items() if path in wanted}
         return [item for path, item in wanted.items() if path not in self.images]
 
+    def clear(self):
+        """Keep nothing (the memory goes back to whoever needs it)."""
+        self.images = {}
+
     def keep(self, items, workers: Optional[int] = None, device=None, progress: bool = True) -> dict:
         """{path: (3, H, W) uint8} for every image of `items`, decoding those not kept yet (in
         threads: Pillow decodes without the GIL) and placing them on `device` (default: CPU)."""

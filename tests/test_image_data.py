@@ -143,6 +143,8 @@ def test_decoded_images_are_loads_pixels_kept_once_and_bounded_by_one_training_s
     assert sorted(reads) == sorted(item.path for item in items)
     assert set(cache.images) == {items[0].path, items[1].path}  # the image no job uses is dropped
     assert cache.missing(items) == [items[2]]
+    cache.clear()
+    assert cache.missing(items[:1]) == items[:1]
 
 
 # ----------------------------------------------------------------------------------------------
