@@ -51,7 +51,7 @@ import datasets  # noqa: E402
 import epochs  # noqa: E402
 import image_data  # noqa: E402
 import pini  # noqa: E402
-from train_step import AuthorsStep, build, class_names  # noqa: E402
+from train_step import AuthorsStep, build, class_names, synchronise  # noqa: E402
 
 PARTS = ("data", "image tower", "text side", "injectors + backward", "optimiser")
 
@@ -91,11 +91,6 @@ def training_set(folder: Path, classes: int, shots: int, distinct: int = 64) -> 
 # -----------------------------------------------------------------------------------------
 # Timing
 # -----------------------------------------------------------------------------------------
-
-def synchronise(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 class Clock:
     """Wall-clock seconds per part, with the device synchronised at every reading (kernels on a GPU

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 import pini  # noqa: E402
-from train_step import build, class_names  # noqa: E402
+from train_step import build, class_names, seconds_per_call  # noqa: E402
 
 
 def padded(tokens: torch.Tensor) -> torch.Tensor:
@@ -44,15 +43,7 @@ def seconds_per_step(model: pini.PiNI, suffix_tokens: torch.Tensor, steps: int, 
         text = pini.encode_text_shared_prefix(model.clip, prefix, model.prompt_embeddings[:, P:], suffix_tokens)
         text.float().sum().backward()
 
-    step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / steps
+    return seconds_per_call(step, steps, device)
 
 
 def parser() -> argparse.ArgumentParser:

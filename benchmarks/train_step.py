@@ -82,6 +82,27 @@ def build(model_name: str, device):
     return pini.load_clip(model_name, pretrained="none", device=device)
 
 
+def synchronise(device):
+    """Wait for the kernels queued on a GPU (they run asynchronously: a clock read without this
+    would time their launch, not their work)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(work, calls: int, device) -> float:
+    """Mean wall-clock seconds of work() over `calls` calls, after one untimed warm-up call
+    (allocations, kernels); peak GPU memory is counted from the timed calls only."""
+    work()
+    synchronise(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    for _ in range(calls):
+        work()
+    synchronise(device)
+    return (time.perf_counter() - started) / calls
+
+
 def time_steps(step, parameters, images, labels, steps: int, device, autocast_dtype) -> tuple:
     optimizer = torch.optim.SGD(parameters, lr=1e-3, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
@@ -97,18 +118,9 @@ def time_steps(step, parameters, images, labels, steps: int, device, autocast_dt
         else:
             optimizer.step()
 
-    one()  # warm-up (allocations, kernels)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(steps):
-        one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return steps / seconds, memory
+    seconds = seconds_per_call(one, steps, device)
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return 1 / seconds, memory
 
 
 def parser() -> argparse.ArgumentParser:
