@@ -1,6 +1,7 @@
 """Reading training images: seeds that travel with indices, images decoded once, and the two
 augmentation paths (--augment pil / tensor) drawing the same crops and flips."""
 import os
+from functools import partial
 
 import numpy as np
 import pytest
@@ -224,29 +225,19 @@ def on_cpu(transform, pixels):
     return transform(pixels)  # torch's native uint8 antialiased bicubic
 
 
-def as_on_a_gpu(transform, pixels):
-    """What torchvision computes for uint8 on CUDA: resize in float32, then round and clamp to uint8."""
+def resized_in_float(transform, pixels, interpolation=None, antialias=True):
+    """The transform with its crop resized in float32, then rounded and clamped to uint8 — what
+    torchvision computes for uint8 on CUDA — by the crop's own kernel or by `interpolation`."""
     crop = transform.transforms[0]
     box = crop.make_params([pixels])
-    resized = v2.functional.resized_crop(pixels.float(), **box, size=crop.size, interpolation=crop.interpolation,
-                                         antialias=True).round().clamp(0, 255).to(torch.uint8)
-    return v2.Compose(transform.transforms[1:])(resized)
+    resized = v2.functional.resized_crop(pixels.float(), **box, size=crop.size,
+                                         interpolation=interpolation or crop.interpolation, antialias=antialias)
+    return v2.Compose(transform.transforms[1:])(resized.round().clamp(0, 255).to(torch.uint8))
 
 
-def without_antialias(transform, pixels):  # a wrong version: aliasing on downscaled crops
-    crop = transform.transforms[0]
-    box = crop.make_params([pixels])
-    resized = v2.functional.resized_crop(pixels.float(), **box, size=crop.size, interpolation=crop.interpolation,
-                                         antialias=False).round().clamp(0, 255).to(torch.uint8)
-    return v2.Compose(transform.transforms[1:])(resized)
-
-
-def bilinear(transform, pixels):  # a wrong version: another kernel
-    crop = transform.transforms[0]
-    box = crop.make_params([pixels])
-    resized = v2.functional.resized_crop(pixels, **box, size=crop.size, interpolation=v2.InterpolationMode.BILINEAR,
-                                         antialias=True)
-    return v2.Compose(transform.transforms[1:])(resized)
+as_on_a_gpu = resized_in_float
+without_antialias = partial(resized_in_float, antialias=False)  # a wrong version: aliasing on downscaled crops
+bilinear = partial(resized_in_float, interpolation=v2.InterpolationMode.BILINEAR)  # a wrong version: another kernel
 
 
 GREY_LEVEL_BOUND = 0.3  # mean |difference| per pixel the tensor path may have against PIL's
