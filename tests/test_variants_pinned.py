@@ -85,7 +85,10 @@ def test_every_variant_gives_the_pinned_numbers(clips):
     for key in pinned:
         assert sorted(now[key]) == sorted(pinned[key]), key
         for part in pinned[key]:
-            torch.testing.assert_close(now[key][part], pinned[key][part], rtol=1e-5, atol=1e-6,
+            # float32 on another CPU (other SIMD kernels) moves logits of size ~5 by up to ~5e-6
+            # (measured on an AMD EPYC against the fixture's machine); a real change of the
+            # computation moves them by orders of magnitude more.
+            torch.testing.assert_close(now[key][part], pinned[key][part], rtol=1e-5, atol=2e-5,
                                        msg=lambda m: f"{key} {part}: {m}")
 
 
