@@ -32,17 +32,17 @@ import open_clip
 import torch
 from tqdm import tqdm
 
-import datasets
-import options
+from experiments import datasets
+from experiments import options
 import pini
-import published
-import report
-import runs
-from epochs import (Context, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_precision,
+from experiments import published
+from experiments import report
+from experiments import runs
+from experiments.epochs import (Context, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_precision,
                     train_epoch, writable_output, zero_shot_accuracy)
-from jobs import (ABLATION, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of, shard,
+from experiments.jobs import (ABLATION, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of, shard,
                   tested_checkpoint, training_settings, variant_name)
-from runs import CHECKPOINT, EVAL_RESULT, RESULT, UsageError
+from experiments.runs import CHECKPOINT, EVAL_RESULT, RESULT, UsageError
 
 
 def parse_args(argv=None):

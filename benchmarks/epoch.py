@@ -47,9 +47,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-import datasets  # noqa: E402
-import epochs  # noqa: E402
-import image_data  # noqa: E402
+from experiments import datasets  # noqa: E402
+from experiments import epochs  # noqa: E402
+from experiments import image_data  # noqa: E402
 import pini  # noqa: E402
 from train_step import AuthorsStep, build, class_names, synchronise  # noqa: E402
 

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from files import atomic_write_text
+from experiments.files import atomic_write_text
 
 COOP_DATASETS_DOC = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 
@@ -303,7 +303,7 @@ def _classnames(items, where: str = "dataset") -> list:
 
 
 def _missing_message(info: DatasetInfo, folder: Path, root: Path) -> str:
-    import downloads  # the downloader imports this module: import it where it is needed
+    from experiments import downloads  # the downloader imports this module: import it where it is needed
     return (f"{info.name} not found: expected the folder {folder}\n"
             f"(data root {root}: set it with --data-root or $PINI_DATA). Download it with\n"
             f"    {downloads.command_for(info.alias, root)}\n"
@@ -755,6 +755,6 @@ if __name__ == "__main__":  # python datasets.py download NAME [NAME ...|all]: s
 
     if sys.argv[1:2] != ["download"]:
         sys.exit("usage: python datasets.py download NAME [NAME ...|all] [--data-root R] [--yes] [--mirror URL]")
-    import downloads
+    from experiments import downloads
 
     sys.exit(downloads.main(sys.argv[2:]))

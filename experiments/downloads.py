@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
-import datasets  # the layouts; only its attributes are used, inside functions (datasets may import us)
-from files import human_size
+from experiments import datasets  # the layouts; only its attributes are used, inside functions (datasets may import us)
+from experiments.files import human_size
 
 MIRROR_ENV = "PINI_DATA_MIRROR"
 COMMAND = "python datasets.py download"  # how command_for spells the download command

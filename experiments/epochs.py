@@ -17,10 +17,10 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-import image_data
+from experiments import image_data
 import pini
-from files import human_size
-from runs import UsageError
+from experiments.files import human_size
+from experiments.runs import UsageError
 
 
 # -----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from datasets import (DatasetError, Split, _by_label, _cache_places, _digest, _read_json, _relative,
+from experiments.datasets import (DatasetError, Split, _by_label, _cache_places, _digest, _read_json, _relative,
                       _write_cache, split_problem)
 
 SAMPLER_VERSION = 2  # 1: PiNI's first sampler (> k, sorted labels); 2: Dassl's generate_fewshot_dataset

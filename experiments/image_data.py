@@ -27,7 +27,7 @@ from torchvision.datasets.folder import default_loader
 from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
-from datasets import DatasetError, _write_cache, user_cache_dir
+from experiments.datasets import DatasetError, _write_cache, user_cache_dir
 
 
 # -----------------------------------------------------------------------------------------

@@ -19,13 +19,13 @@ from typing import Optional
 
 from tqdm import tqdm
 
-import datasets
-import downloads
-import fewshot
-import image_data
+from experiments import datasets
+from experiments import downloads
+from experiments import fewshot
+from experiments import image_data
 import pini
-import runs
-from runs import UsageError
+from experiments import runs
+from experiments.runs import UsageError
 
 
 # The ablation: every noise position / generator the paper compares, and the controls. Each

@@ -13,8 +13,8 @@ import os
 import sys
 import time
 
-import datasets
-import epochs
+from experiments import datasets
+from experiments import epochs
 import pini
 
 

@@ -24,8 +24,8 @@ import matplotlib
 matplotlib.use("Agg")  # write files, never open windows
 import matplotlib.pyplot as plt  # noqa: E402
 
-from files import atomic_write, atomic_write_text  # noqa: E402  (every file whole or not at all: shards share the folder)
-from runs import find_records  # noqa: E402
+from experiments.files import atomic_write, atomic_write_text  # noqa: E402  (every file whole or not at all: shards share the folder)
+from experiments.runs import find_records  # noqa: E402
 
 
 def _write_text(path: Path, text: str):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from files import atomic_write, atomic_write_text
+from experiments.files import atomic_write, atomic_write_text
 
 RESULT, EVAL_RESULT, CHECKPOINT = "result.json", "eval.json", "checkpoint.pt"
 

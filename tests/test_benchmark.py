@@ -38,7 +38,7 @@ def test_the_profiled_step_is_the_training_step(config_dir, tmp_path):
 
     import torch
 
-    import epochs
+    from experiments import epochs
     import pini
 
     bench = load_epoch_script()

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import datasets
-import fewshot
-import image_data
+from experiments import datasets
+from experiments import fewshot
+from experiments import image_data
 from conftest import JPEG, touch_image, write_json_split
-from datasets import DatasetError
+from experiments.datasets import DatasetError
 
 
 @pytest.fixture(autouse=True)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import datasets
-import image_data
+from experiments import datasets
+from experiments import image_data
 from conftest import JPEG, noise_png, touch_image, write_json_split
-from datasets import DatasetError
+from experiments.datasets import DatasetError
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import datasets
-import fewshot
+from experiments import datasets
+from experiments import fewshot
 from conftest import touch_image, write_json_split
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"

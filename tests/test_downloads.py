@@ -13,11 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
-import datasets
-import downloads
+from experiments import datasets
+from experiments import downloads
 import train
 from conftest import JPEG
-from downloads import DownloadError
+from experiments.downloads import DownloadError
 
 
 # -----------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision.transforms import v2
 
-import datasets
-import epochs
-import image_data
+from experiments import datasets
+from experiments import epochs
+from experiments import image_data
 import pini
 from conftest import noise_png, touch_image
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-import datasets
-import fewshot
+from experiments import datasets
+from experiments import fewshot
 import train
 from test_datasets_fewshot import CALTECH_SPLIT, load_split_file
 from test_runs import base_args, data_root  # noqa: F401  (fixtures)

@@ -1,9 +1,9 @@
 """published.py: the set-up check against published zero-shot CLIP accuracy (issue 13)."""
 import pytest
 
-import datasets
-import published
-from published import ZERO_SHOT, published_zero_shot, setup_check
+from experiments import datasets
+from experiments import published
+from experiments.published import ZERO_SHOT, published_zero_shot, setup_check
 
 # ViT-B/16 pairs without a readable source today (see published.py, "Missing, and why").
 # Adding a number later means removing its name here: a deliberate change.

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import datasets
-import fewshot
-import runs
+from experiments import datasets
+from experiments import fewshot
+from experiments import runs
 import train
 from conftest import touch_image, write_json_split
 from test_train import CLASSES, COLORS, read_result
@@ -346,7 +346,7 @@ def test_a_stray_result_file_gives_one_line(base_args, tmp_path, capsys):
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
-    import files
+    from experiments import files
 
     path = tmp_path / "result.json"
     files.atomic_write_text(path, "old")

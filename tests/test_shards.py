@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import jobs
-import runs
+from experiments import jobs
+from experiments import runs
 import train
 from conftest import write_json_split
 from test_train import CLASSES, COLORS

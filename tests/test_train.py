@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-import datasets
-import epochs
-import image_data
+from experiments import datasets
+from experiments import epochs
+from experiments import image_data
 import pini
 import train
 from conftest import touch_image, write_json_split
