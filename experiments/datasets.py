@@ -24,6 +24,7 @@ import json
 import os
 import random
 import re
+import shlex
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -302,11 +303,21 @@ def _classnames(items, where: str = "dataset") -> list:
     return [names[label].replace("_", " ") for label in range(len(names))]
 
 
+DOWNLOAD_COMMAND = "python -m experiments.downloads"  # the downloader's command line (downloads.main)
+
+
+def download_command(alias: str, data_root=None) -> str:
+    """The command line that downloads this dataset into `data_root` (for the missing-data message)."""
+    command = f"{DOWNLOAD_COMMAND} {alias}"
+    if data_root is not None and Path(data_root).resolve() != Path(default_data_root()).resolve():
+        command += f" --data-root {shlex.quote(str(data_root))}"
+    return command
+
+
 def _missing_message(info: DatasetInfo, folder: Path, root: Path) -> str:
-    from experiments import downloads  # the downloader imports this module: import it where it is needed
     return (f"{info.name} not found: expected the folder {folder}\n"
             f"(data root {root}: set it with --data-root or $PINI_DATA). Download it with\n"
-            f"    {downloads.command_for(info.alias, root)}\n"
+            f"    {download_command(info.alias, root)}\n"
             f"(or train.py --download), or lay it out by hand as {COOP_DATASETS_DOC} describes "
             f"({info.name}). Expected layout:\n{info.layout}")
 
@@ -749,12 +760,3 @@ def check_files(items, name: str = "dataset"):
         raise DatasetError(f"{name}: {len(missing)} of {len(items)} images named by the split are missing, "
                            f"e.g.\n{listing}\nIs the data root right, and is the dataset fully extracted?")
 
-
-if __name__ == "__main__":  # python datasets.py download NAME [NAME ...|all]: see downloads.py
-    import sys
-
-    if sys.argv[1:2] != ["download"]:
-        sys.exit("usage: python datasets.py download NAME [NAME ...|all] [--data-root R] [--yes] [--mirror URL]")
-    from experiments import downloads
-
-    sys.exit(downloads.main(sys.argv[2:]))

@@ -1,7 +1,7 @@
 """Datasets that download themselves, into exactly the CoOp layouts that datasets.py reads.
 
-    python datasets.py download caltech101 eurosat [--data-root R] [--yes] [--mirror URL]
-    python datasets.py download all                      # the 11 benchmark datasets
+    python -m experiments.downloads caltech101 eurosat [--data-root R] [--yes] [--mirror URL]
+    python -m experiments.downloads all                      # the 11 benchmark datasets
 
 Everything a download brings in is treated as untrusted input:
   - archives are unpacked by `safe_extract`, which refuses absolute paths, `..`, links that
@@ -13,7 +13,6 @@ Everything a download brings in is treated as untrusted input:
   - split files are parsed as JSON and checked against CoOp's schema, never evaluated.
 
     download(names, data_root, yes, mirror) -> dataset folders now complete
-    command_for(alias, data_root)           -> the command line that fetches one dataset
     safe_extract(archive, target_dir)       -> unpack an untrusted tar/zip, or refuse it
     main(argv)                              -> the command line; 0, or 2 with a one-line error
 
@@ -31,7 +30,6 @@ import http.client
 import json
 import os
 import re
-import shlex
 import shutil
 import stat
 import sys
@@ -44,11 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
-from experiments import datasets  # the layouts; only its attributes are used, inside functions (datasets may import us)
+from experiments import datasets  # the layouts (datasets imports nothing of this module)
 from experiments.files import human_size
 
 MIRROR_ENV = "PINI_DATA_MIRROR"
-COMMAND = "python datasets.py download"  # how command_for spells the download command
 CHUNK = 1 << 20
 
 
@@ -614,14 +611,6 @@ def resolve(names) -> list:
     return aliases
 
 
-def command_for(alias: str, data_root=None) -> str:
-    """The command line that downloads this dataset into `data_root` (for the missing-data message)."""
-    command = f"{COMMAND} {alias}"
-    if data_root is not None and Path(data_root).resolve() != Path(datasets.default_data_root()).resolve():
-        command += f" --data-root {shlex.quote(str(data_root))}"
-    return command
-
-
 def _free_space(root: Path) -> int:
     existing = root.resolve()
     while not existing.exists():
@@ -687,7 +676,7 @@ def download(names, data_root=None, yes: bool = False, mirror: Optional[str] = N
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog=COMMAND.replace("python ", ""), description="Download datasets into the CoOp layouts datasets.py reads "
+        prog=datasets.DOWNLOAD_COMMAND, description="Download datasets into the CoOp layouts datasets.py reads "
         "(images from their official sources, CoOp's split files from its Google Drive).")
     parser.add_argument("names", nargs="+", metavar="NAME",
                         help=f"{', '.join(datasets.DATASETS)}, or all (the 11 benchmark datasets)")

@@ -89,7 +89,7 @@ def _data_options(p):
     data.add_argument("--data-root", default=datasets.default_data_root(),
                       help="folder holding the datasets in CoOp's layout (default: $PINI_DATA or ./data)")
     data.add_argument("--download", action="store_true",
-                      help="first download the datasets that are missing (see python datasets.py download -h)")
+                      help="first download the datasets that are missing (see python -m experiments.downloads -h)")
     data.add_argument("--workers", type=count, default=min(8, os.cpu_count() or 1),
                       help="data-loading processes (and image-decoding threads); results do not depend on it")
     data.add_argument("--augment", choices=epochs.AUGMENT, default="auto",

@@ -5,10 +5,13 @@ import hashlib
 import io
 import re
 import shlex
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -365,11 +368,19 @@ def test_imagenet_explains_its_manual_steps(tmp_path, monkeypatch):
     assert (root / "imagenet" / "classnames.txt").is_file()
 
 
-def test_command_for(tmp_path):
-    assert downloads.command_for("caltech101") == "python datasets.py download caltech101"
-    assert downloads.command_for("caltech101", datasets.default_data_root()) == "python datasets.py download caltech101"
-    command = downloads.command_for("eurosat", tmp_path / "my data")
-    assert shlex.split(command) == ["python", "datasets.py", "download", "eurosat", "--data-root", str(tmp_path / "my data")]
+def test_download_command(tmp_path):
+    assert datasets.download_command("caltech101") == "python -m experiments.downloads caltech101"
+    assert datasets.download_command("caltech101", datasets.default_data_root()) == "python -m experiments.downloads caltech101"
+    command = datasets.download_command("eurosat", tmp_path / "my data")
+    assert shlex.split(command) == ["python", "-m", "experiments.downloads", "eurosat", "--data-root", str(tmp_path / "my data")]
+
+
+def test_the_download_command_runs_the_downloader(tmp_path):
+    """The command the missing-data message prints starts the downloader (from the repository root)."""
+    repo = Path(__file__).resolve().parents[1]
+    command = shlex.split(datasets.download_command("no-such-set", tmp_path))
+    done = subprocess.run([sys.executable, *command[1:]], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no-such-set" in done.stderr and "caltech101" in done.stderr, done.stderr
 
 
 def test_unknown_name_lists_the_valid_ones(capsys):
@@ -410,7 +421,7 @@ def test_train_says_how_to_download_then_downloads_with_the_flag(server, tmp_pat
             "--output-dir", str(tmp_path / "runs"), "--workers", "0", "--batch-size", "4", "--epochs", "1",
             "--test-batch-size", "6", "--device", "cpu", "--dataset", "caltech101", "--shots", "2"]
     assert train.main(args) == 2
-    assert f"python datasets.py download caltech101 --data-root {root}" in capsys.readouterr().err
+    assert f"python -m experiments.downloads caltech101 --data-root {root}" in capsys.readouterr().err
     assert not server.log  # nothing fetched without --download
     assert train.main(args + ["--download"]) == 0
     assert (root / "caltech-101" / "split_zhou_Caltech101.json").is_file()
