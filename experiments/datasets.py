@@ -13,7 +13,9 @@ and the same few-shot samples (Dassl's generate_fewshot_dataset, reproduced exac
 Caches never go stale: each carries a fingerprint of what it was made from and is made again,
 with a warning, when that changed. A split this module generates is never named like CoOp's.
 Few-shot samples of a split are fewshot.py; reading the images themselves (verifying, decoding
-once, the torch Dataset) is image_data.py. This module knows nothing of models.
+once, the torch Dataset) is image_data.py; both use this module's cache helpers (digest,
+relative_path, read_json, by_label, cache_places, write_cache, user_cache_dir), which live here
+only. This module knows nothing of models.
 """
 
 from __future__ import annotations
@@ -343,7 +345,7 @@ def split_problem(raw, parts) -> Optional[str]:
     return None
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
     """A JSON file's content; a DatasetError naming the file when it cannot be read or parsed."""
     try:
         return json.loads(path.read_text())
@@ -355,7 +357,7 @@ def _read_json(path: Path):
 
 def _read_split_file(path: Path, image_dir: Path, renames: dict, parts=("train", "val", "test")):
     """Items of each part of a split file, refused with one line when it is not a split file."""
-    raw = _read_json(path)
+    raw = read_json(path)
     problem = split_problem(raw, parts)
     if problem:
         raise DatasetError(f"{path} is not a split file: {problem}. Expected {SPLIT_FORMAT}; "
@@ -384,10 +386,10 @@ def _read_or_make_split(folder: Path, info: DatasetInfo):
                       f"split, and is ignored. Delete it, and put CoOp's file there ({COOP_DATASETS_DOC}).")
     if info.alias == "ucf101" and (folder / "ucfTrainTestlist").is_dir() and image_dir.is_dir():
         lists = folder / "ucfTrainTestlist"
-        made_from = _digest(SPLIT_VERSION, [_file_digest(lists / f) for f in UCF_LISTS])
+        made_from = digest(SPLIT_VERSION, [_file_digest(lists / f) for f in UCF_LISTS])
         return _generated_split(folder, image_dir, info, made_from, lambda: make_ucf101_split(folder, image_dir))
     if info.alias in FOLDER_PER_CLASS and image_dir.is_dir():
-        made_from = _digest(SPLIT_VERSION, info.ignored, _tree_listing(image_dir))
+        made_from = digest(SPLIT_VERSION, info.ignored, _tree_listing(image_dir))
         return _generated_split(folder, image_dir, info, made_from,
                                 lambda: make_split(image_dir, renames=info.renames, ignored=info.ignored))
     what = f"split file {info.split_file}" if image_dir.is_dir() else f"image folder {info.image_dir}/"
@@ -406,7 +408,7 @@ def _generated_split(folder: Path, image_root: Path, info: DatasetInfo, made_fro
     if cached:
         return cached[0], "generated", cached[1]
     train, val, test = make()
-    path = _write_cache(GENERATED_SPLIT_FILE, _cache_places(folder),
+    path = write_cache(GENERATED_SPLIT_FILE, cache_places(folder),
                         _split_payload(image_root, train, val, test, made_from=made_from))
     how = "CoOp's protocol on ucfTrainTestlist" if info.alias == "ucf101" else "seed 1, 50/20/30 per class"
     why = f" (the images changed since {stale[0]} was made)" if stale else ""
@@ -420,12 +422,12 @@ def _cached_split(folder: Path, image_root: Path, made_from: str, filename: str)
     """(((train, val, test), path) or None, [stale cache paths]): a cached generated split made from
     `made_from`, if there is one; caches made from anything else are reported, never used."""
     stale = []
-    for place in _cache_places(folder):
+    for place in cache_places(folder):
         path = place / filename
         if not path.is_file():
             continue
         try:
-            raw = _read_json(path)
+            raw = read_json(path)
         except DatasetError:
             stale.append(path)
             continue
@@ -439,7 +441,7 @@ def _cached_split(folder: Path, image_root: Path, made_from: str, filename: str)
 
 
 def _split_payload(image_root: Path, train, val, test, **meta) -> dict:
-    payload = {part: [[_relative(item.path, image_root), item.label, item.classname] for item in items]
+    payload = {part: [[relative_path(item.path, image_root), item.label, item.classname] for item in items]
                for part, items in zip(PARTS, (train, val, test))}
     if meta:
         payload["pini"] = dict(meta, note="made by PiNI (datasets.py), not CoOp's split", version=SPLIT_VERSION)
@@ -511,7 +513,7 @@ def make_ucf101_split(folder: Path, image_dir: Path, seed: int = 1):
 def _split_trainval(items, p_val: float, rng: random.Random):
     """CoOp's split_trainval: per label (first-appearance order), shuffle, first round(n·p_val) to val."""
     train, val = [], []
-    for group in _by_label(items):
+    for group in by_label(items):
         n_val = round(len(group) * p_val)
         if n_val == 0:
             raise DatasetError(f"class {group[0].classname!r} has {len(group)} training images: too few to "
@@ -640,7 +642,7 @@ def _load_custom(folder: Path) -> Split:
     has_parts = (folder / "train").is_dir()
     if has_parts and not (folder / "test").is_dir():
         raise DatasetError(f"{folder} has train/ but no test/ folder. Expected layout:\n{info.layout}")
-    made_from = _digest(SPLIT_VERSION, _tree_listing(folder))
+    made_from = digest(SPLIT_VERSION, _tree_listing(folder))
     cached, stale = _cached_split(folder, folder, made_from, CUSTOM_SPLIT_FILE)
     if cached:
         (train, val, test), path = cached
@@ -664,7 +666,7 @@ def _load_custom(folder: Path) -> Split:
             train, val = _split_per_class(train, 0.8, seed=1)
     else:
         train, val, test = make_split(folder)
-    path = _write_cache(CUSTOM_SPLIT_FILE, _cache_places(folder),
+    path = write_cache(CUSTOM_SPLIT_FILE, cache_places(folder),
                         _split_payload(folder, train, val, test, made_from=made_from))
     if stale:
         warnings.warn(f"{folder}: the class folders or images changed since {stale[0]} was made: "
@@ -676,7 +678,7 @@ def _split_per_class(items, p_first: float, seed: int):
     """Divide a list per class into a first part (fraction p_first) and the rest."""
     rng = random.Random(seed)
     first, rest = [], []
-    for group in _by_label(items):
+    for group in by_label(items):
         rng.shuffle(group)
         n = max(1, round(len(group) * p_first))
         first += group[:n]
@@ -684,19 +686,19 @@ def _split_per_class(items, p_first: float, seed: int):
     return first, rest
 
 
-def _by_label(items) -> list:
+def by_label(items) -> list:
     """Items grouped by label, labels in order of first appearance (Dassl's split_dataset_by_label)."""
-    by_label = {}
+    groups = {}
     for item in items:
-        by_label.setdefault(item.label, []).append(item)
-    return list(by_label.values())
+        groups.setdefault(item.label, []).append(item)
+    return list(groups.values())
 
 
 # -----------------------------------------------------------------------------------------
 # Caches: fingerprinted, written atomically, somewhere writable
 # -----------------------------------------------------------------------------------------
 
-def _digest(*parts) -> str:
+def digest(*parts) -> str:
     """A short hash of JSON-able parts."""
     return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()[:20]
 
@@ -708,7 +710,7 @@ def _file_digest(path: Path) -> str:
         raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def _relative(path: str, root: Path) -> str:
+def relative_path(path: str, root: Path) -> str:
     prefix = str(root) + os.sep
     return path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
 
@@ -719,7 +721,7 @@ def _items_digest(root: Path, *parts) -> str:
     for items in parts:
         h.update(b"\x1e")
         for item in items:
-            h.update(f"{_relative(item.path, root)}\x1f{item.label}\x1f{item.classname}\n".encode())
+            h.update(f"{relative_path(item.path, root)}\x1f{item.label}\x1f{item.classname}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -728,16 +730,16 @@ def user_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pini"
 
 
-def _cache_places(folder: Path, cache_dir=None) -> list:
+def cache_places(folder: Path, cache_dir=None) -> list:
     """Where the caches of a dataset folder may live, in order of preference: `cache_dir` (if given),
     the dataset folder itself (as CoOp), the user cache folder. Each but the dataset folder is keyed
     by the dataset folder's absolute path, so two datasets never share a cache."""
-    key = f"{folder.name}-{_digest(str(folder.resolve()))[:10]}"
+    key = f"{folder.name}-{digest(str(folder.resolve()))[:10]}"
     places = [Path(cache_dir) / key] if cache_dir else []
     return places + [folder, user_cache_dir() / key]
 
 
-def _write_cache(relative: str, places, payload) -> Optional[Path]:
+def write_cache(relative: str, places, payload) -> Optional[Path]:
     """Write a JSON cache in the first place that takes it; None (and a warning) if none does."""
     text = json.dumps(payload, indent=1)
     errors = []

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from experiments.datasets import (DatasetError, Split, _by_label, _cache_places, _digest, _read_json, _relative,
-                      _write_cache, split_problem)
+from experiments.datasets import (DatasetError, Split, by_label, cache_places, digest, read_json, relative_path,
+                                  split_problem, write_cache)
 
 SAMPLER_VERSION = 2  # 1: PiNI's first sampler (> k, sorted labels); 2: Dassl's generate_fewshot_dataset
 
@@ -66,8 +66,8 @@ class FewShot:
                 "sampler": "Dassl generate_fewshot_dataset (random.sample when a class has >= k images)",
                 "fingerprint": self.fingerprint, "split_source": self.split_source,
                 "split_fingerprint": self.split_fingerprint, "short_classes": dict(self.short_classes),
-                "train": [_relative(i.path, root) for i in self.train],
-                "val": [_relative(i.path, root) for i in self.val]}
+                "train": [relative_path(i.path, root) for i in self.train],
+                "val": [relative_path(i.path, root) for i in self.val]}
 
 
 def few_shot(split: Split, shots: int, seed: int, cache: bool = True, cache_dir=None) -> FewShot:
@@ -86,9 +86,9 @@ def few_shot(split: Split, shots: int, seed: int, cache: bool = True, cache_dir=
     train/val sets; otherwise it is drawn again, with a warning.
     """
     check_shots(shots)
-    fingerprint = _digest(split.fingerprint, SAMPLER_VERSION, split.classnames, shots, seed)
+    fingerprint = digest(split.fingerprint, SAMPLER_VERSION, split.classnames, shots, seed)
     name = f"shot_{shots}-seed_{seed}.json"
-    places = [place / "split_fewshot" for place in _cache_places(split.folder, cache_dir)]
+    places = [place / "split_fewshot" for place in cache_places(split.folder, cache_dir)]
     sample, cache_path = None, None
     if cache:
         for place in places:
@@ -107,7 +107,7 @@ def few_shot(split: Split, shots: int, seed: int, cache: bool = True, cache_dir=
                        "pini": {"fingerprint": fingerprint, "split_fingerprint": split.fingerprint,
                                 "split_source": split.source, "sampler_version": SAMPLER_VERSION,
                                 "classnames": split.classnames, "shots": shots, "seed": seed}}
-            cache_path = _write_cache(f"split_fewshot/{name}", _cache_places(split.folder, cache_dir), payload)
+            cache_path = write_cache(f"split_fewshot/{name}", cache_places(split.folder, cache_dir), payload)
     train, val = sample
     sizes = Counter(item.label for item in split.train)
     short = {split.classnames[label]: n for label, n in sorted(sizes.items()) if n < shots}
@@ -116,13 +116,13 @@ def few_shot(split: Split, shots: int, seed: int, cache: bool = True, cache_dir=
 
 
 def _rows(items, root: Path) -> list:
-    return [[_relative(item.path, root), item.label, item.classname] for item in items]
+    return [[relative_path(item.path, root), item.label, item.classname] for item in items]
 
 
 def _read_sample(path: Path, split: Split, fingerprint: str):
     """(train, val) from a few-shot cache, or None (with a warning) when it cannot be trusted."""
     try:
-        raw = _read_json(path)
+        raw = read_json(path)
     except DatasetError as error:
         warnings.warn(f"{error}: drawing the few-shot sample again")
         return None
@@ -141,7 +141,7 @@ def _read_sample(path: Path, split: Split, fingerprint: str):
 
 def _items_by_relative(split: Split, rows, pool) -> Optional[list]:
     """The split's items for rows [relative path, label, ...] (or bare paths); None if one is not in `pool`."""
-    by_path = {_relative(item.path, split.image_root): item for item in pool}
+    by_path = {relative_path(item.path, split.image_root): item for item in pool}
     items = []
     for row in rows:
         rel, label = (row[0], row[1]) if isinstance(row, list) else (row, None)
@@ -172,7 +172,7 @@ def few_shot_from_record(split: Split, record: dict) -> FewShot:
 def sample_per_class(items, k: int, rng: random.Random) -> list:
     """Dassl's generate_fewshot_dataset (repeat=False, its default since Oct 2021) for one list."""
     chosen = []
-    for group in _by_label(items):
+    for group in by_label(items):
         chosen += rng.sample(group, k) if len(group) >= k else group
     return chosen
 

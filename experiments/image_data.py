@@ -27,7 +27,7 @@ from torchvision.datasets.folder import default_loader
 from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
-from experiments.datasets import DatasetError, _write_cache, user_cache_dir
+from experiments.datasets import DatasetError, write_cache, user_cache_dir
 
 
 # -----------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def verify_images(items, name: str = "dataset", cache_path=None, workers: Option
     if good:
         merged = _read_verified(cache_path)  # another run may have added entries meanwhile
         merged.update(good)
-        _write_cache(cache_path.name, [cache_path.parent], merged)
+        write_cache(cache_path.name, [cache_path.parent], merged)
     if bad:
         listing = "\n".join(f"    {path}: {why}" for path, why in bad[:5])
         raise DatasetError(f"{name}: {len(bad)} of {len(paths)} images cannot be read, e.g.\n{listing}\n"
