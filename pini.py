@@ -437,10 +437,14 @@ class NoiseInjector(nn.Module):
                         on another class set)
     mu_part, sigma_part: the parameters (or sub-modules) that produce μ and σ only — what the
                         controls σ = 0 and μ = 0 keep fixed
+    spatial:            how its noise is drawn over the image: None (one noise per feature
+                        vector, no map), "patch" (μ, σ per ViT patch token) or "pixel" (μ, σ
+                        per input pixel) — what a noise map of it shows
     """
     needs_images = False
     needs_patch_tokens = False
     per_class = False
+    spatial = None
     mu_part, sigma_part = "to_mu", "to_sigma"
 
     def parameters_of(self, part: str) -> list:
@@ -570,6 +574,7 @@ class PatchNoiseInjector(ImageNoiseInjector):
     The sampled per-patch noise is averaged into the global image feature — *inferred*: the
     paper's figure shows per-patch noise maps, not how they are pooled. ViT towers only."""
     needs_images = needs_patch_tokens = True
+    spatial = "patch"
 
     def perturb(self, model, images, image_features, text_features, K: int, use_mean: bool):
         image, patches = model.encode_images(images, patch_tokens=True)  # (B, D), (B, N, D)
@@ -615,6 +620,7 @@ class PixelNoiseInjector(NoiseInjector):
     """
 
     needs_images = True
+    spatial = "pixel"
 
     def __init__(self, channels: int = 3, level: float = 0.1):
         super().__init__()

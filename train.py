@@ -262,16 +262,17 @@ def plot_noise(model: pini.PiNI, test_loader, device, path: Path):
         kind = model.text_noise if name == "text" else model.image_noise
         panels[name] = (kind, mu.numpy(), sigma.numpy())
     report.plot_noise(panels, path)
-    if model.image_noise == "patch":  # (1, B, N, D): |μ_p| and mean σ_p on the patch grid
+    spatial = model.image_injector.spatial if model.image_injector is not None else None
+    if spatial == "patch":  # (1, B, N, D): |μ_p| and mean σ_p on the patch grid
         side = math.isqrt(noise["image"].mu.shape[2])
         mu_map = noise["image"].mu[0].float().norm(dim=-1).view(-1, side, side)
         sigma_map = noise["image"].sigma[0].float().mean(-1).view(-1, side, side)
-    elif model.image_noise == "pixel":  # (B, 3, H, W): average the colour channels
+    elif spatial == "pixel":  # (B, 3, H, W): average the colour channels
         mu_map, sigma_map = noise["image"].mu.float().mean(1), noise["image"].sigma.float().mean(1)
     else:
         return
     report.plot_noise_maps(images.float().cpu().numpy(), mu_map.cpu().numpy(), sigma_map.cpu().numpy(),
-                           model.image_noise, path.with_name("noise_maps.png"))
+                           spatial, path.with_name("noise_maps.png"))
 
 
 # -----------------------------------------------------------------------------------------

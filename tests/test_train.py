@@ -318,3 +318,27 @@ def test_test_only_sets_are_for_evaluation(base_args, tmp_path, capsys):
     result = json.loads(open(f"{out}/imagenet_sketch/shots_2/seed_1/eval.json").read())
     assert result["n_train"] == 0 and result["n_test"] == 4 and result["history"]  # the trained run's history
     assert result["trained_on"] == "Caltech101" and result["kind"] == "eval"
+
+
+def test_noise_maps_follow_what_the_injector_declares(config_dir, monkeypatch, tmp_path):
+    """plot_noise draws maps from the injector's own `spatial` (patch grid, pixels, or none), not
+    from its option name: an injector registered under a new name gets the maps it declares, and
+    each declaration matches the shape of the noise it draws."""
+    torch.manual_seed(0)
+    clip, tokenizer, _, _ = pini.load_clip(str(config_dir / "tiny-vit.json"), pretrained="none")
+    images = torch.randn(2, 3, 32, 32)
+
+    class RenamedPixelInjector(pini.PixelNoiseInjector):
+        pass
+
+    monkeypatch.setitem(pini.IMAGE_INJECTORS, "pixel-renamed", RenamedPixelInjector)
+    monkeypatch.setattr(pini, "IMAGE_NOISE", (*pini.IMAGE_INJECTORS, "none"))
+    for name, injector in pini.IMAGE_INJECTORS.items():
+        model = pini.PiNI(clip, tokenizer, CLASSES, image_noise=name)
+        mu = model(images, use_mean=True).noise["image"].mu
+        expected = {None: mu.shape[-1] == 24, "patch": mu.shape[-2:] == (16, 24),  # 4×4 patches of width 24
+                    "pixel": mu.shape == images.shape}
+        assert expected[injector.spatial], (name, injector.spatial, tuple(mu.shape))
+        path = tmp_path / name / "noise.png"
+        train.plot_noise(model, [(images, torch.zeros(2))], "cpu", path)
+        assert path.is_file() and path.with_name("noise_maps.png").is_file() == (injector.spatial is not None), name
