@@ -24,7 +24,7 @@ Notation (as in the paper): x an image, y its class, P the prompt set, ε the no
 z ~ N(0, I) the standard normal sample of the reparameterisation ε = μ + σ ⊙ z,
 τ CLIP's temperature (1/τ = exp(logit_scale)), K the number of Monte-Carlo noise samples.
 
-Equation numbers (Eq. 1)–(Eq. 9) are this module's own, not the paper's (the README says why).
+Equation numbers (Eq. 1)–(Eq. 9) are this module's own, not the paper's (docs/theory.md says why).
 Each lives where its code is:
 
   (Eq. 1) CLIP's classifier p(y | x, P) ................. `PiNI` (class docstring), `PiNI.forward`
