@@ -25,7 +25,7 @@ from typing import Optional
 from experiments.datasets import (DatasetError, Split, by_label, cache_places, digest, read_json, relative_path,
                                   split_problem, write_cache)
 
-SAMPLER_VERSION = 2  # 1: PiNI's first sampler (> k, sorted labels); 2: Dassl's generate_fewshot_dataset
+SAMPLER_VERSION = 2  # the sampler a cache was drawn with: 2 is Dassl's generate_fewshot_dataset; others are redrawn
 
 
 # -----------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from experiments import datasets
 from experiments import published
 from experiments.published import ZERO_SHOT, published_zero_shot, setup_check
 
-# ViT-B/16 pairs without a readable source today (see published.py, "Missing, and why").
+# ViT-B/16 pairs without a stored readable source (see published.py, "Missing, and why").
 # Adding a number later means removing its name here: a deliberate change.
 EXPECTED_MISSING_VIT_B16 = {"Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101",
                             "FGVCAircraft", "SUN397", "DescribableTextures", "EuroSAT", "UCF101"}

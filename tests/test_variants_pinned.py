@@ -1,7 +1,7 @@
 """Every variant's logits and noise, pinned: a refactor of pini.py must not change a single number.
 
-tests/fixtures/variant_logits.pt was written by this file (`python tests/test_variants_pinned.py`)
-from the code before the injectors were restructured. Each variant is built on the tiny ViT and
+tests/fixtures/variant_logits.pt holds the numbers every refactor must reproduce; this file writes
+it (`python tests/test_variants_pinned.py`). Each variant is built on the tiny ViT and
 the tiny ResNet CLIP, every injector parameter is overwritten by values that depend only on its
 name, and the forward pass runs with a fixed seed for K = 2 noise samples, in training
 (sampled) and mean mode.
