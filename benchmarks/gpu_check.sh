@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The figures no CPU can give: ViT-B/16 on a CUDA GPU (random weights), for the README's Speed section.
+# The figures no CPU can give: ViT-B/16 on a CUDA GPU (random weights), for docs/speed.md.
 #   bash benchmarks/gpu_check.sh            (about 6 minutes; results also under $OUT, default /tmp/out)
 # Prints the card, then:
 #   1. the training step against the authors' at 100 and 1000 classes, fp16 and bf16 (steps/s, peak memory);
