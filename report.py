@@ -24,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")  # write files, never open windows
 import matplotlib.pyplot as plt  # noqa: E402
 
+import published  # noqa: E402
 from files import atomic_write, atomic_write_text  # noqa: E402  (every file whole or not at all: shards share the folder)
 from runs import find_records  # noqa: E402
 
@@ -249,6 +250,13 @@ def write_base_to_new(records, out: Path, order=()) -> str:
         else:
             average += ["", "", ""]
     table = _markdown(header, rows + [average])
+    zero_shot = methods["zero-shot CLIP"]
+    if means["zero-shot CLIP"]:  # the zero-shot row's average against the published one (set-up check)
+        settings = zero_shot[0].get("settings") or {}
+        base, new = (statistics.mean(v) for v in zip(*means["zero-shot CLIP"]))
+        check, _ = published.base_to_new_check(base, new, settings.get("model", ""), settings.get("pretrained", ""),
+                                               len(means["zero-shot CLIP"]))
+        table += f"\n\nZero-shot CLIP average: {check}."
     _write_text(out / "base2new.md", "Base-to-new generalisation (CoCoOp's protocol): trained on the base half of "
                 "each dataset's classes, tested on base and on the unseen new half; top-1 accuracy (%), mean ± std "
                 "over seeds; H = harmonic mean of base and new.\n\n" + table + "\n")

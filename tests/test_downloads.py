@@ -471,3 +471,33 @@ def test_sun397_archive_put_in_place_by_hand_is_verified_and_unpacked(dead_offic
     assert downloads.main(["sun397", "--data-root", str(root), "--yes"]) == 0
     assert len(datasets.load_dataset("sun397", root).test) == 4
     assert not [entry for entry in dead_official_address.log if entry[0] == "GET"]  # nothing was fetched
+
+
+# Each recipe's official address and checksum, against torchvision's own dataset class (0.29).
+TORCHVISION = {"caltech101": "caltech", "oxford_pets": "oxford_iiit_pet", "flowers102": "flowers102",
+               "food101": "food101", "fgvc_aircraft": "fgvc_aircraft", "sun397": "sun397", "dtd": "dtd",
+               "eurosat": "eurosat"}
+
+
+@pytest.mark.parametrize("alias", sorted(TORCHVISION))
+def test_official_addresses_are_torchvisions(alias):
+    import importlib
+    import inspect
+    text = inspect.getsource(importlib.import_module(f"torchvision.datasets.{TORCHVISION[alias]}"))
+    parts = [part for part in downloads.RECIPES[alias].parts if part.source.url]
+    assert parts
+    for part in parts:
+        url = part.source.url
+        # flowers102 joins a prefix and a file name; food101 and sun397 spell the address http://
+        spellings = {url, url.replace("https://", "http://", 1), url.rsplit("/", 1)[0] + "/"}
+        assert any(f'"{s}"' in text for s in spellings), url
+        if part.source.md5:
+            assert part.source.md5 in text
+
+
+def test_stanford_cars_is_manual_as_torchvision_says_its_address_is_broken():
+    import inspect
+    import torchvision.datasets.stanford_cars as cars
+    assert "The original URL is broken" in inspect.getsource(cars)
+    assert not [part for part in downloads.RECIPES["stanford_cars"].parts if part.source.url]
+    assert downloads.RECIPES["stanford_cars"].manual
