@@ -156,7 +156,9 @@ FOLDER_PER_CLASS = {"caltech101", "dtd", "eurosat", "food101"}
 # no counts. CoOp's own code writes the splits it *generates* under these same names (e.g.
 # datasets/caltech101.py), so a name alone proves nothing: a file is CoOp's when its sha256 is the
 # published file's (pinned where a copy could be read: tests/fixtures/split_zhou_Caltech101.json)
-# or, failing that, its counts are the table's.
+# or, failing that, its counts are the table's. Only Caltech101's counts could be checked against a
+# stored copy of the file; the paper itself (a PDF) could not be read in any stored source here, so a
+# wrong count would show as a "not CoOp's official split" warning on the real file: report it.
 COOP_SPLIT_COUNTS = {
     "split_zhou_Caltech101.json": (4128, 1649, 2465),
     "split_zhou_OxfordPets.json": (2944, 736, 3669),
