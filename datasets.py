@@ -368,8 +368,7 @@ def _classnames(items, where: str = "dataset", duplicates: Optional[dict] = None
     if clashes and duplicates is not None:
         duplicates.update(clashes)
     elif clashes:
-        listed = "; ".join(" = ".join(repr(n) for n in sorted(names[label] for label in labels))
-                           for labels in list(clashes.values())[:5])
+        listed = "; ".join(" = ".join(repr(names[label]) for label in labels) for labels in list(clashes.values())[:5])
         raise DatasetError(f"{where}: {len(clashes)} groups of class names give the same prompt: {listed}. "
                            "Merge or rename those class folders (or split file entries)")
     return [names[label].replace("_", " ") for label in range(len(names))]
