@@ -121,7 +121,8 @@ DATASETS = {info.alias: info for info in [
                 _tree("fgvc_aircraft/", "├── images/", "├── images_variant_train.txt",
                       "├── images_variant_val.txt", "├── images_variant_test.txt", "└── variants.txt")),
     DatasetInfo("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", "a photo of a",
-                "a photo of a {}.", _tree("sun397/", "├── SUN397/", "└── split_zhou_SUN397.json")),
+                "a photo of a {}.", _tree("sun397/", "├── SUN397/   # a/abbey/*.jpg, ..., as in SUN397.tar.gz",
+                                          "└── split_zhou_SUN397.json")),
     DatasetInfo("dtd", "DescribableTextures", "dtd", "images", "split_zhou_DescribableTextures.json",
                 "texture", "{} texture.",
                 _tree("dtd/", "├── images/   # one folder per texture", "└── split_zhou_DescribableTextures.json")),
@@ -152,6 +153,32 @@ BENCHMARK = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers1
 # Datasets whose images come one folder per class: a missing split file can be generated (not
 # UCF101: its folders mix frames of one video group; it is generated from ucfTrainTestlist only).
 FOLDER_PER_CLASS = {"caltech101", "dtd", "eurosat", "food101"}
+# CoOp's official split files: (train, val, test) image counts per file, from the dataset table of
+# CoOp's paper (Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022, arXiv
+# 2109.01134, appendix table of dataset statistics: #Train, #Val, #Test). CoOp's DATASETS.md gives
+# no counts. CoOp's own code writes the splits it *generates* under these same names (e.g.
+# datasets/caltech101.py), so a name alone proves nothing: a file is CoOp's when its sha256 is the
+# published file's (pinned where a copy could be read: tests/fixtures/split_zhou_Caltech101.json)
+# or, failing that, its counts are the table's. Only Caltech101's counts could be checked against a
+# stored copy of the file; the paper itself (a PDF) could not be read in any stored source here, so a
+# wrong count would show as a "not CoOp's official split" warning on the real file: report it.
+COOP_SPLIT_COUNTS = {
+    "split_zhou_Caltech101.json": (4128, 1649, 2465),
+    "split_zhou_OxfordPets.json": (2944, 736, 3669),
+    "split_zhou_StanfordCars.json": (6509, 1635, 8041),
+    "split_zhou_OxfordFlowers.json": (4093, 1633, 2463),
+    "split_zhou_Food101.json": (50500, 20200, 30300),
+    "split_zhou_SUN397.json": (15880, 3970, 19850),
+    "split_zhou_DescribableTextures.json": (2820, 1128, 1692),
+    "split_zhou_EuroSAT.json": (13500, 5400, 8100),
+    "split_zhou_UCF101.json": (7639, 1898, 3783),
+}
+COOP_SPLIT_SHA256 = {  # the files themselves, where a copy could be read
+    "split_zhou_Caltech101.json": "43ab95e88d2f6a32a11c4f8dc9f822c534e822f3dbbde2e248af5432d771a6fc",
+}
+IMAGENET_ORDER = ("images sorted by file name within each class folder; CoOp (Dassl's listdir_nohidden) lists "
+                  "them in file-system order, which is not reproducible across machines, so CoOp's own "
+                  "few-shot ImageNet sample cannot be reproduced exactly anywhere")
 PARTS = ("train", "val", "test")
 SPLIT_VERSION = 1    # of the splits this module generates
 GENERATED_SPLIT_FILE = "split_pini_generated.json"  # never CoOp's name split_zhou_*.json
@@ -209,6 +236,20 @@ class Split:
     source: str = "coop"
     fingerprint: str = ""
     split_path: Optional[Path] = None
+    duplicate_prompts: dict = field(default_factory=dict)  # {prompt's class name: [labels sharing it]}
+    not_official: str = ""  # why a split_zhou_*.json is not CoOp's official file ("" when it is)
+
+    def record(self) -> dict:
+        """The split as a run records it: source and fingerprint, and only where they apply, why it is not
+        CoOp's official split, class names that share a prompt, and the order images are listed in."""
+        record = {"source": self.source, "fingerprint": self.fingerprint}
+        if self.not_official:
+            record.update(official=False, check=self.not_official)
+        if self.duplicate_prompts:
+            record["duplicate_prompts"] = self.duplicate_prompts
+        if self.info.alias == "imagenet":
+            record["order"] = IMAGENET_ORDER
+        return record
 
     @property
     def image_root(self) -> Path:
@@ -239,7 +280,13 @@ def load_dataset(name: str, root: Optional[str] = None) -> Split:
         train, val = [], []
     else:
         (train, val, test), source, split_path = _read_or_make_split(folder, info)
-    return _new_split(train, val, test, info, folder, source, split_path)
+    split = _new_split(train, val, test, info, folder, source, split_path)
+    if source == "coop" and split_path is not None:
+        split.not_official = official_split_problem(split_path, (train, val, test))
+        if split.not_official:
+            _announce(f"{split_path}: not CoOp's official split ({split.not_official}). Its numbers are not "
+                      f"comparable with published ones; the run records this. CoOp's file: {COOP_DATASETS_DOC}")
+    return split
 
 
 def load_datasets(names, root: Optional[str] = None) -> list:
@@ -267,14 +314,36 @@ def load_datasets(names, root: Optional[str] = None) -> list:
 
 
 def _new_split(train, val, test, info: DatasetInfo, folder: Path, source: str, split_path=None) -> Split:
-    """Check the class names and fingerprint the content: every Split is made here."""
+    """Check the class names and fingerprint the content: every Split is made here.
+
+    Class names that give one prompt are refused in a folder of one's own (there they are a mistake),
+    but only warned about, once, in a benchmark dataset's own files: CLIP's ImageNet list, which CoOp
+    copies, names two classes 'missile' and two 'sunglasses', and every published number used it as is."""
     where = f"{info.name} ({split_path or folder})"
-    classnames = _classnames(train + val + test, where)
+    duplicates = {}
+    classnames = _classnames(train + val + test, where, duplicates=None if source == "custom" else duplicates)
     if not test:
         raise DatasetError(f"{where}: no test images found")
     image_root = folder / info.image_dir
     fingerprint = _items_digest(image_root, train, val, test)
-    return Split(train, val, test, classnames, info, folder, source, fingerprint, split_path)
+    if duplicates:
+        listed = "; ".join(f"{prompt!r} (labels {', '.join(map(str, labels))})"
+                           for prompt, labels in duplicates.items())
+        _announce(f"{where}: {len(duplicates)} prompts are shared by several classes: {listed}. Kept as they "
+                  "are, as CoOp and CLIP keep them (the classes of a group cannot be told apart by their prompts); "
+                  "the run records them")
+    return Split(train, val, test, classnames, info, folder, source, fingerprint, split_path,
+                 duplicate_prompts=duplicates)
+
+
+_ANNOUNCED = set()
+
+
+def _announce(message: str):
+    """A warning given once per process, however often the dataset is loaded."""
+    if message not in _ANNOUNCED:
+        _ANNOUNCED.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def normalised_classname(name: str) -> str:
@@ -282,8 +351,9 @@ def normalised_classname(name: str) -> str:
     return " ".join(name.replace("_", " ").lower().split())
 
 
-def _classnames(items, where: str = "dataset") -> list:
-    """Class names by label. At least 2 classes, and no two that give the same prompt."""
+def _classnames(items, where: str = "dataset", duplicates: Optional[dict] = None) -> list:
+    """Class names by label. At least 2 classes, and no two that give the same prompt: refused when
+    `duplicates` is None, else each shared prompt and its labels are added to it ({'missile': [657, 744]})."""
     names = {}
     for item in items:
         if names.setdefault(item.label, item.classname) != item.classname:
@@ -296,10 +366,12 @@ def _classnames(items, where: str = "dataset") -> list:
                            "prediction is right, and accuracy means nothing)")
     groups = defaultdict(list)
     for label in range(len(names)):
-        groups[normalised_classname(names[label])].append(names[label])
-    clashes = [group for group in groups.values() if len(group) > 1]
-    if clashes:
-        listed = "; ".join(" = ".join(repr(n) for n in group) for group in clashes[:5])
+        groups[normalised_classname(names[label])].append(label)
+    clashes = {prompt: labels for prompt, labels in groups.items() if len(labels) > 1}
+    if clashes and duplicates is not None:
+        duplicates.update(clashes)
+    elif clashes:
+        listed = "; ".join(" = ".join(repr(names[label]) for label in labels) for labels in list(clashes.values())[:5])
         raise DatasetError(f"{where}: {len(clashes)} groups of class names give the same prompt: {listed}. "
                            "Merge or rename those class folders (or split file entries)")
     return [names[label].replace("_", " ") for label in range(len(names))]
@@ -364,6 +436,22 @@ def _read_split_file(path: Path, image_dir: Path, renames: dict, parts=("train",
                            f"get CoOp's file as {COOP_DATASETS_DOC} describes, or delete it if PiNI made it")
     return tuple([Item(str(image_dir / p), label, renames.get(name, name)) for p, label, name in raw[part]]
                  for part in parts)
+
+
+def official_split_problem(path: Path, parts) -> str:
+    """Why the split file at `path` (read into `parts`, its train, val and test items) is not CoOp's
+    official file; "" when it is: its sha256 is the published file's, or its counts are CoOp's table's."""
+    counts = tuple(len(items) for items in parts)
+    expected = COOP_SPLIT_COUNTS.get(path.name)
+    if expected is None:
+        return f"{path.name} is not the name of any of CoOp's split files"
+    pinned = COOP_SPLIT_SHA256.get(path.name)
+    if pinned and hashlib.sha256(path.read_bytes()).hexdigest() == pinned:
+        return ""
+    if counts == expected:
+        return ""
+    return (f"train/val/test {'/'.join(map(str, counts))} images, CoOp's {'/'.join(map(str, expected))}"
+            + (", and not the published file's sha256" if pinned else ""))
 
 
 def _generated_by_pini(path: Path) -> bool:

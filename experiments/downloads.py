@@ -53,6 +53,10 @@ class DownloadError(Exception):
     """A download or an archive that cannot be used, with a message that says what to do."""
 
 
+class UnreachableError(DownloadError):
+    """The address itself failed (an HTTP error, no answer): not a broken transfer that a rerun resumes."""
+
+
 # -----------------------------------------------------------------------------------------
 # Safe extraction
 # -----------------------------------------------------------------------------------------
@@ -214,6 +218,7 @@ class Recipe:
     terms: str
     manual: str = ""
     manual_done: tuple = ()
+    known_down: str = ""  # said first when an official address fails and is known to be gone
 
 
 def check_split(path: Path):
@@ -330,7 +335,11 @@ RECIPES = {
               "SUN397", inner="SUN397"),
          coop_split("SUN397", "1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq")),
         "SUN397: for research; images' copyright stays with their owners "
-        "(https://vision.princeton.edu/projects/2010/SUN/)."),
+        "(https://vision.princeton.edu/projects/2010/SUN/).",
+        known_down=("SUN397's official address is gone: it answers 404, for everyone, not only on your network "
+                    "(KaiyangZhou/CoOp issue #90, pytorch/vision issue #9348, gaopengcuhk/Tip-Adapter issue #36). "
+                    "Only the original archive gives CoOp's images: a copy already split into train/ and test/ "
+                    "folders does not have CoOp's layout.")),
     "dtd": Recipe(
         (Part(Source("dtd-r1.0.1.tar.gz", "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
                      md5="fff73e5086ae6bdbea199a49dfb8a4c1", size=625239812,
@@ -436,9 +445,9 @@ def http_download(url: str, path: Path, mirror: Optional[str] = None) -> Path:
         if error.code == 416 and have:  # nothing left to send: the .part is already whole
             os.replace(part, path)
             return path
-        raise DownloadError(f"could not download {url}: HTTP {error.code} {error.reason}") from None
+        raise UnreachableError(f"could not download {url}: HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
-        raise DownloadError(f"could not reach {url}: {error.reason}; check the network (or --mirror) and retry") from None
+        raise UnreachableError(f"could not reach {url}: {error.reason}; check the network (or --mirror) and retry") from None
     with response:
         if response.status != 206:  # 200: the whole file comes, whatever we had
             have = 0
@@ -585,6 +594,23 @@ def missing_parts(alias: str, data_root) -> list:
     return [part for part in RECIPES[alias].parts if not _is_done(part, folder)]
 
 
+def unreachable_steps(alias: str, part: Part, data_root) -> str:
+    """What to do when a part's official address fails: a mirror, the archive put in place by hand, or
+    the finished layout by hand."""
+    recipe, root = RECIPES[alias], Path(data_root)
+    folder, source = _dataset_folder(alias, root), part.source
+    checksum = f"md5 {source.md5}" if source.md5 else f"sha256 {source.sha256}" if source.sha256 else "no checksum"
+    size = f"{human_size(source.size)}, " if source.size else ""
+    return ((recipe.known_down + "\n" if recipe.known_down else "")
+            + f"Get {source.filename} ({size}{checksum}) from a copy you trust, then either\n"
+            f"  1. serve it from a folder and run: {datasets.download_command(alias, root)} --mirror URL\n"
+            f"     (every file is then fetched as URL/<filename>, {source.filename} among them, and verified), or\n"
+            f"  2. put it at {root / '.downloads' / source.filename} and run the same command again: it is verified "
+            "and unpacked, or\n"
+            f"  3. unpack it yourself so that {folder} looks like this (the other files as the command fetches them):\n"
+            f"{datasets.DATASETS[alias].layout}")
+
+
 def manual_steps(alias: str, data_root) -> str:
     """The steps a person must still take for this dataset ("" when none are left)."""
     recipe, folder = RECIPES[alias], _dataset_folder(alias, Path(data_root))
@@ -656,7 +682,12 @@ def download(names, data_root=None, yes: bool = False, mirror: Optional[str] = N
         if _is_done(part, folder):  # a shared file (classnames.txt) another dataset just brought
             continue
         print(f"{alias}: {part.source.filename}")
-        downloaded = fetch(part.source, staging_root, mirror)
+        try:
+            downloaded = fetch(part.source, staging_root, mirror)
+        except UnreachableError as error:
+            if mirror or not part.source.url:
+                raise
+            raise DownloadError(f"{error}\n{unreachable_steps(alias, part, root)}") from None
         if part.inner is not None:
             print(f"{alias}: unpacking {part.source.filename}")
         _install(part, downloaded, folder, staging_root / f"{alias}.unpacking")

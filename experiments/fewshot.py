@@ -200,8 +200,11 @@ def class_half(split: Split, sample: Optional[FewShot], half: str):
         return [dataclasses.replace(item, label=relabel[item.label]) for item in items if item.label in relabel]
 
     names = [split.classnames[old] for old in relabel]
+    shared = {prompt: [relabel[old] for old in olds if old in relabel]
+              for prompt, olds in split.duplicate_prompts.items()}
     part = dataclasses.replace(split, train=cut(split.train), val=cut(split.val), test=cut(split.test),
-                               classnames=names, fingerprint=f"{split.fingerprint}:{half}")
+                               classnames=names, fingerprint=f"{split.fingerprint}:{half}",
+                               duplicate_prompts={prompt: new for prompt, new in shared.items() if len(new) > 1})
     if sample:
         sample = dataclasses.replace(sample, train=cut(sample.train), val=cut(sample.val),
                                      fingerprint=f"{sample.fingerprint}:{half}",

@@ -223,7 +223,7 @@ def settings_of(job: Job, args, precision: str) -> dict:
     split, options = job.split, job_options(job, args)
     common = {"kind": job.kind, "protocol": job.protocol, "dataset": split.info.name, "classnames": split.classnames,
               "new_classnames": job.new_split.classnames if job.new_split else None,
-              "split": {"source": split.source, "fingerprint": split.fingerprint},
+              "split": split.record(),
               "model": options.model, "pretrained": options.pretrained, "precision": precision}
     if job.kind == "zero-shot":
         return runs.plain({**common, "template": split.info.zero_shot})

@@ -32,6 +32,18 @@ Sources (every number below was read in the file named beside it)
   table "Out-of-Distribution Generalization", row "CLIP-RN50". The prompt is
   "a photo of a" (scripts/test_tpt.sh: ctx_init=a_photo_of_a), which is CoOp's
   prompt for ImageNet and its four variants.
+- Tip-Adapter (Zhang et al., ECCV 2022), github.com/gaopengcuhk/Tip-Adapter, exp.log
+  at 30d2598: the line "<dataset>: <accuracy>" that opens each dataset's block is
+  zero-shot CLIP, the baseline of the paper's Figures 4 and 5 (README.md line 45
+  points to this file for those figures' numbers). Backbone RN50 (configs/*.yaml),
+  CoOp's split files (datasets/*.py: OxfordPets.read_split) and, for the 10 datasets
+  other than ImageNet, CoOp's single hand-crafted prompt (datasets/<name>.py,
+  `template`); main.py reports the zero-shot accuracy on the test split. Its
+  ImageNet line (60.32) is NOT recorded: datasets/imagenet.py uses a 7-prompt
+  ensemble (`imagenet_templates`), not CoOp's "a photo of a {}.".
+
+Base-to-new (CoCoOp's protocol, ViT-B/16, averages over the 11 datasets) are kept
+apart, in BASE_TO_NEW: half the classes each, so they never enter ZERO_SHOT.
 
 Missing, and why
 ----------------
@@ -47,9 +59,18 @@ from __future__ import annotations
 from typing import Optional
 
 PROTEXT = ("ProText, AAAI 2025: README table 'ProText fares well in comparison with Prompt Ensembling methods', "
-           "row CLIP (github.com/muzairkhattak/ProText@f63d96b)")
+           "row CLIP (github.com/muzairkhattak/ProText@f63d96b README.md line 101)")
 TPT = ("TPT, NeurIPS 2022: README table 'Out-of-Distribution Generalization', row CLIP-RN50 "
-       "(github.com/azshue/TPT@63ecbac)")
+       "(github.com/azshue/TPT@63ecbac README.md line 80)")
+
+
+def tip_adapter(line: int) -> str:
+    return (f"Tip-Adapter, ECCV 2022: zero-shot CLIP RN50 with CoOp's prompt "
+            f"(github.com/gaopengcuhk/Tip-Adapter@30d2598 exp.log line {line})")
+
+
+MAPLE = "github.com/muzairkhattak/multimodal-prompt-learning@69bce21 README.md"
+PROMPTSRC = "github.com/muzairkhattak/PromptSRC@bb95c77 README.md"
 
 BENCHMARK_NAMES = ("ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101",
                    "FGVCAircraft", "SUN397", "DescribableTextures", "EuroSAT", "UCF101")
@@ -67,7 +88,60 @@ ZERO_SHOT: dict[tuple[str, str, str], Optional[tuple[float, str]]] = {
     ("RN50", "openai", "ImageNetV2"): (51.41, TPT),
     ("RN50", "openai", "ImageNetR"): (56.15, TPT),
     ("RN50", "openai", "ImageNetSketch"): (33.37, TPT),
+
+    ("RN50", "openai", "SUN397"): (58.52, tip_adapter(9)),
+    ("RN50", "openai", "OxfordPets"): (85.83, tip_adapter(17)),
+    ("RN50", "openai", "EuroSAT"): (37.52, tip_adapter(25)),
+    ("RN50", "openai", "Caltech101"): (85.92, tip_adapter(33)),
+    ("RN50", "openai", "DescribableTextures"): (42.20, tip_adapter(41)),
+    ("RN50", "openai", "FGVCAircraft"): (17.10, tip_adapter(49)),
+    ("RN50", "openai", "Food101"): (77.32, tip_adapter(57)),
+    ("RN50", "openai", "OxfordFlowers"): (66.02, tip_adapter(65)),
+    ("RN50", "openai", "UCF101"): (61.35, tip_adapter(73)),
+    ("RN50", "openai", "StanfordCars"): (55.74, tip_adapter(81)),
 }
+
+# Base-to-new (CoCoOp's protocol), ViT-B/16, averaged over the 11 datasets (3 seeds):
+# method -> (base %, new %, H %, source). "CLIP" is zero-shot CLIP with CoOp's hand-crafted prompts
+# on each half: what `--protocol base2new`'s "zero-shot CLIP" average row should reproduce.
+BASE_TO_NEW: dict[str, dict[str, tuple[float, float, float, str]]] = {
+    "ViT-B-16": {
+        "CLIP": (69.34, 74.22, 71.70, f"{MAPLE} line 101"),
+        "CoOp": (82.69, 63.22, 71.66, f"{MAPLE} line 102"),
+        "CoCoOp": (80.47, 71.69, 75.83, f"{MAPLE} line 103"),
+        "MaPLe": (82.28, 75.14, 78.55, f"{MAPLE} line 104"),
+        "PromptSRC": (84.26, 76.10, 79.97, f"{PROMPTSRC} line 125"),
+    },
+}
+
+# Few-shot anchors readable in a stored source: (method, model, dataset, shots) -> (mean %, std %, source).
+# CoOp's COOP.md shows its own 3-seed result as the example output of parse_test_res.py.
+FEW_SHOT = {
+    ("CoOp", "RN50", "Caltech101", 16): (92.00, 0.15, "github.com/KaiyangZhou/CoOp@5425db1 COOP.md lines 73-78 "
+                                                      "(example output: seeds 91.81, 92.01, 92.17)"),
+}
+
+
+def base_to_new_check(base: float, new: float, model: str, pretrained: str, n_datasets: int,
+                      tolerance: float = 1.0) -> tuple[str, bool]:
+    """One line comparing a measured zero-shot CLIP base-to-new average (over the 11 benchmark
+    datasets) with the published one, and whether to warn (more than `tolerance` points on base,
+    new or H). Never warns without a published number or over fewer than 11 datasets."""
+    found = BASE_TO_NEW.get(model_key(model), {}).get("CLIP") if pretrained == "openai" else None
+    if found is None:
+        return f"no published base-to-new zero-shot average for {model_key(model)}/{pretrained}", False
+    if n_datasets != len(BENCHMARK_NAMES):
+        return (f"published base-to-new zero-shot average (11 datasets) not compared: this table has "
+                f"{n_datasets}"), False
+    p_base, p_new, p_h, source = found
+    h = 2 * base * new / (base + new) if base + new else 0.0
+    gaps = (base - p_base, new - p_new, h - p_h)
+    line = (f"published zero-shot CLIP base/new/H: {p_base:.2f}/{p_new:.2f}/{p_h:.2f} ({source}) — measured "
+            f"{base:.2f}/{new:.2f}/{h:.2f}")
+    if max(abs(g) for g in gaps) <= tolerance:
+        return f"{line}: matches within {tolerance:g} point{'s' if tolerance != 1 else ''}", False
+    return (f"{line}: differs by {'/'.join(f'{g:+.2f}' for g in gaps)} points (more than {tolerance:g}); "
+            "check the CLIP weights, the images, the class names and the splits"), True
 
 
 def model_key(model: str) -> str:

@@ -24,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")  # write files, never open windows
 import matplotlib.pyplot as plt  # noqa: E402
 
+from experiments import published  # noqa: E402
 from experiments.files import atomic_write, atomic_write_text  # noqa: E402  (every file whole or not at all: shards share the folder)
 from experiments.runs import find_records  # noqa: E402
 
@@ -73,9 +74,19 @@ def in_order(names, order=()) -> list:
     return sorted(names, key=lambda n: (rank.get(n.split(" (")[0], len(rank)), n))
 
 
-def summary_cells(records, order=()) -> dict:
+NOT_COOP_SPLIT = "not CoOp's official split"
+
+
+def split_note(record) -> str:
+    """What a summary row says about a run's split: "" for CoOp's official split (or none at all)."""
+    split = (record.get("settings") or {}).get("split") or {}
+    return NOT_COOP_SPLIT if split.get("official") is False else ""
+
+
+def summary_cells(records, order=(), notes=None) -> dict:
     """{row label: {column: [accuracies over seeds]}}; columns are shots, "zero-shot" for 0.
-    A dataset with runs of more than one variant gets one row per variant."""
+    A dataset with runs of more than one variant gets one row per variant. `notes`, a dict if
+    given, receives each row's split note (split_note) where there is one."""
     runs = unique_runs(records)
     variants = {}
     for r in runs:
@@ -87,28 +98,35 @@ def summary_cells(records, order=()) -> dict:
         label = f"{r['dataset']} ({r.get('variant', '')})" if several and r["shots"] else r["dataset"]
         column = "zero-shot" if r["shots"] == 0 else r["shots"]
         cells.setdefault(label, {}).setdefault(column, []).append(r["accuracy"])
+        if notes is not None and split_note(r):
+            notes[label] = split_note(r)
     return {label: cells[label] for label in in_order(cells, order)}
 
 
 def write_summary(records, out: Path, order=()) -> str:
-    """Mean ± std over seeds per dataset × shots (markdown + CSV), and accuracy vs. shots (PNG)."""
-    cells = summary_cells(records, order)
+    """Mean ± std over seeds per dataset × shots (markdown + CSV), and accuracy vs. shots (PNG).
+    A last column "split" appears when a row's runs used a split that is not CoOp's official one."""
+    notes = {}
+    cells = summary_cells(records, order, notes)
     columns = sorted({c for row in cells.values() for c in row}, key=lambda c: -1 if c == "zero-shot" else c)
-    header = ["dataset"] + [c if c == "zero-shot" else f"{c}-shot" for c in columns]
-    rows = [[name] + [fmt(row.get(c, [])) for c in columns] for name, row in cells.items()]
+    extra = ["split"] if notes else []
+    header = ["dataset"] + [c if c == "zero-shot" else f"{c}-shot" for c in columns] + extra
+    rows = [[name] + [fmt(row.get(c, [])) for c in columns] + [notes.get(name, "")] * len(extra)
+            for name, row in cells.items()]
     means = [[mean_std(row[c])[0] for row in cells.values() if c in row] for c in columns]
     counts = {len(m) for m in means}
     label = (f"average ({len(cells)} dataset{'s' * (len(cells) != 1)})" if counts == {len(cells)} else
              "average (of the datasets with a number in the column)")
-    rows.append([label] + [f"{statistics.mean(m):.2f}" if m else "" for m in means])
+    rows.append([label] + [f"{statistics.mean(m):.2f}" if m else "" for m in means] + [""] * len(extra))
     table = _markdown(header, rows)
     _write_text(out / "summary.md", "Top-1 test accuracy (%), mean ± std over seeds.\n\n" + table + "\n")
-    csv_rows = [["dataset", "shots", "mean", "std", "n_seeds"]]
+    csv_rows = [["dataset", "shots", "mean", "std", "n_seeds"] + extra]
     for name, row in cells.items():
         for c in columns:
             if row.get(c):
                 mean, std = mean_std(row[c])
-                csv_rows.append([name, 0 if c == "zero-shot" else c, f"{mean:.4f}", f"{std:.4f}", len(row[c])])
+                csv_rows.append([name, 0 if c == "zero-shot" else c, f"{mean:.4f}", f"{std:.4f}", len(row[c])]
+                                + [notes.get(name, "")] * len(extra))
     _write_csv(out / "summary.csv", csv_rows)
     _plot_accuracy_vs_shots(cells, columns, out / "accuracy_vs_shots.png")
     return table
@@ -232,6 +250,13 @@ def write_base_to_new(records, out: Path, order=()) -> str:
         else:
             average += ["", "", ""]
     table = _markdown(header, rows + [average])
+    zero_shot = methods["zero-shot CLIP"]
+    if means["zero-shot CLIP"]:  # the zero-shot row's average against the published one (set-up check)
+        settings = zero_shot[0].get("settings") or {}
+        base, new = (statistics.mean(v) for v in zip(*means["zero-shot CLIP"]))
+        check, _ = published.base_to_new_check(base, new, settings.get("model", ""), settings.get("pretrained", ""),
+                                               len(means["zero-shot CLIP"]))
+        table += f"\n\nZero-shot CLIP average: {check}."
     _write_text(out / "base2new.md", "Base-to-new generalisation (CoCoOp's protocol): trained on the base half of "
                 "each dataset's classes, tested on base and on the unseen new half; top-1 accuracy (%), mean ± std "
                 "over seeds; H = harmonic mean of base and new.\n\n" + table + "\n")

@@ -426,3 +426,89 @@ def test_train_says_how_to_download_then_downloads_with_the_flag(server, tmp_pat
     assert train.main(args + ["--download"]) == 0
     assert (root / "caltech-101" / "split_zhou_Caltech101.json").is_file()
     assert (tmp_path / "runs/caltech101/shots_2/seed_1/result.json").is_file()
+
+
+# --- SUN397: its official address is gone ------------------------------------------------------
+
+def sun397_files():
+    """SUN397.tar.gz's layout (SUN397/<letter>/<class>/*.jpg) and a CoOp split over it."""
+    images, split = split_for([("a/abbey", "abbey"), ("b/beach", "beach")])
+    return {"SUN397.tar.gz": tar_bytes({f"SUN397/{rel}": data for rel, data in images.items()}),
+            "split_zhou_SUN397.json": json_bytes(split)}
+
+
+@pytest.fixture
+def dead_official_address(server, monkeypatch):
+    """SUN397's recipe pointed at the local server, which answers 404 as the real address does."""
+    recipe = downloads.RECIPES["sun397"]
+    archive = dataclasses.replace(recipe.parts[0], source=dataclasses.replace(
+        recipe.parts[0].source, url=f"{server.url}/projects/2010/SUN/SUN397.tar.gz"))
+    monkeypatch.setitem(downloads.RECIPES, "sun397", dataclasses.replace(recipe, parts=(archive, *recipe.parts[1:])))
+    real = downloads._allowed  # the official address is https; the stand-in on 127.0.0.1 is not
+    monkeypatch.setattr(downloads, "_allowed", lambda url, mirror: url.startswith(server.url) or real(url, mirror))
+    return server
+
+
+def test_sun397_says_its_address_is_gone_and_how_to_get_it(dead_official_address, tmp_path, capsys):
+    root = tmp_path / "data"
+    assert downloads.main(["sun397", "--data-root", str(root), "--yes"]) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err and "SUN397's official address is gone" in err and "CoOp issue #90" in err
+    assert f"{datasets.DOWNLOAD_COMMAND} sun397 --data-root {root} --mirror URL" in err
+    assert str(root / ".downloads" / "SUN397.tar.gz") in err and "md5 8ca2778205c41d23104230ba66911c7a" in err
+    assert datasets.DATASETS["sun397"].layout in err and "Traceback" not in err
+    assert not (root / "sun397" / "SUN397").exists()
+
+
+def test_sun397_comes_through_a_mirror(dead_official_address, tmp_path, monkeypatch):
+    files = sun397_files()
+    dead_official_address.files.update(files)
+    pin_checksums(monkeypatch, "sun397", files)
+    root = tmp_path / "data"
+    assert downloads.main(["sun397", "--data-root", str(root), "--yes", "--mirror", dead_official_address.url]) == 0
+    split = datasets.load_dataset("sun397", root)
+    assert split.classnames == ["abbey", "beach"] and (len(split.train), len(split.val), len(split.test)) == (6, 4, 4)
+    datasets.check_files(split.train + split.val + split.test)
+
+
+def test_sun397_archive_put_in_place_by_hand_is_verified_and_unpacked(dead_official_address, tmp_path, monkeypatch):
+    files = sun397_files()
+    pin_checksums(monkeypatch, "sun397", files)
+    root = tmp_path / "data"
+    (root / ".downloads").mkdir(parents=True)
+    (root / ".downloads" / "SUN397.tar.gz").write_bytes(files["SUN397.tar.gz"])  # step 2 of the message
+    (root / "sun397").mkdir()
+    (root / "sun397" / "split_zhou_SUN397.json").write_bytes(files["split_zhou_SUN397.json"])
+    assert downloads.main(["sun397", "--data-root", str(root), "--yes"]) == 0
+    assert len(datasets.load_dataset("sun397", root).test) == 4
+    assert not [entry for entry in dead_official_address.log if entry[0] == "GET"]  # nothing was fetched
+
+
+# Each recipe's official address and checksum, against torchvision's own dataset class (0.29).
+TORCHVISION = {"caltech101": "caltech", "oxford_pets": "oxford_iiit_pet", "flowers102": "flowers102",
+               "food101": "food101", "fgvc_aircraft": "fgvc_aircraft", "sun397": "sun397", "dtd": "dtd",
+               "eurosat": "eurosat"}
+
+
+@pytest.mark.parametrize("alias", sorted(TORCHVISION))
+def test_official_addresses_are_torchvisions(alias):
+    import importlib
+    import inspect
+    text = inspect.getsource(importlib.import_module(f"torchvision.datasets.{TORCHVISION[alias]}"))
+    parts = [part for part in downloads.RECIPES[alias].parts if part.source.url]
+    assert parts
+    for part in parts:
+        url = part.source.url
+        # flowers102 joins a prefix and a file name; food101 and sun397 spell the address http://
+        spellings = {url, url.replace("https://", "http://", 1), url.rsplit("/", 1)[0] + "/"}
+        assert any(f'"{s}"' in text for s in spellings), url
+        if part.source.md5:
+            assert part.source.md5 in text
+
+
+def test_stanford_cars_is_manual_as_torchvision_says_its_address_is_broken():
+    import inspect
+    import torchvision.datasets.stanford_cars as cars
+    assert "The original URL is broken" in inspect.getsource(cars)
+    assert not [part for part in downloads.RECIPES["stanford_cars"].parts if part.source.url]
+    assert downloads.RECIPES["stanford_cars"].manual

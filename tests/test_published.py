@@ -1,4 +1,6 @@
 """published.py: the set-up check against published zero-shot CLIP accuracy (issue 13)."""
+import re
+
 import pytest
 
 from experiments import datasets
@@ -87,3 +89,56 @@ def test_vit_b16_coverage_is_exactly_what_could_be_sourced():
     missing = {datasets.DATASETS[alias].name for alias in datasets.BENCHMARK
                if published_zero_shot("ViT-B-16", "openai", datasets.DATASETS[alias].name) is None}
     assert missing == EXPECTED_MISSING_VIT_B16
+
+
+# --- numbers with repository, path and line --------------------------------------------------
+
+SOURCE_WITH_LINE = re.compile(r"github\.com/[\w.-]+/[\w.-]+@[0-9a-f]{7} [\w./-]+ lines? \d+")
+
+
+def test_every_number_names_repository_commit_path_and_line():
+    sources = [source for value in ZERO_SHOT.values() if value for source in [value[1]]]
+    sources += [row[3] for rows in published.BASE_TO_NEW.values() for row in rows.values()]
+    sources += [row[2] for row in published.FEW_SHOT.values()]
+    assert all(SOURCE_WITH_LINE.search(source) for source in sources), [s for s in sources
+                                                                         if not SOURCE_WITH_LINE.search(s)]
+
+
+def test_rn50_has_a_number_for_every_dataset_and_imagenets_is_not_tip_adapters_ensemble():
+    for name in published.BENCHMARK_NAMES + published.VARIANT_NAMES:
+        assert published_zero_shot("RN50", "openai", name) is not None, name
+    accuracy, source = published_zero_shot("RN50", "openai", "ImageNet")
+    assert accuracy == pytest.approx(58.16) and "TPT" in source  # Tip-Adapter's 60.32 is a 7-prompt ensemble
+    assert all("Tip-Adapter" not in source for (_, _, name), (_, source) in
+               ((k, v) for k, v in ZERO_SHOT.items() if v) if name in ("ImageNet", *published.VARIANT_NAMES))
+    assert published_zero_shot("RN50", "openai", "EuroSAT") == (37.52, published.tip_adapter(25))
+    assert published_zero_shot("RN50", "openai", "StanfordCars")[0] == pytest.approx(55.74)
+
+
+def test_base_to_new_averages_are_kept_apart_and_consistent():
+    rows = published.BASE_TO_NEW["ViT-B-16"]
+    assert rows["CLIP"][:3] == (69.34, 74.22, 71.70)
+    for method, (base, new, h, _) in rows.items():  # each row's H is the harmonic mean of its base and new
+        assert 2 * base * new / (base + new) == pytest.approx(h, abs=0.01), method
+    assert published_zero_shot("ViT-B-16", "openai", "Caltech101") is None  # never used as a full-split number
+
+
+def test_base_to_new_check():
+    line, warn = published.base_to_new_check(69.0, 74.5, "ViT-B/16", "openai", 11)
+    assert not warn and "69.34/74.22/71.70" in line and "measured 69.00/74.50/71.64" in line
+    line, warn = published.base_to_new_check(66.0, 74.5, "ViT-B/16", "openai", 11)
+    assert warn and "differs by -3.34/+0.28/-1.71 points" in line
+    assert published.base_to_new_check(10.0, 10.0, "ViT-B/16", "openai", 3)[1] is False  # not the 11 datasets
+    assert published.base_to_new_check(69.0, 74.5, "RN50", "openai", 11) == (
+        "no published base-to-new zero-shot average for RN50/openai", False)
+
+
+def test_the_base_to_new_table_compares_its_zero_shot_average(tmp_path):
+    from experiments import report
+    records = [{"kind": "zero-shot", "protocol": "base2new", "dataset": name, "shots": 0, "seed": 0,
+                "accuracy": 69.34, "accuracy_new": 74.22, "settings": {"model": "ViT-B-16", "pretrained": "openai"}}
+               for name in published.BENCHMARK_NAMES]
+    report.write_base_to_new(records, tmp_path, published.BENCHMARK_NAMES)
+    text = (tmp_path / "base2new.md").read_text()
+    assert "Zero-shot CLIP average: published zero-shot CLIP base/new/H: 69.34/74.22/71.70" in text
+    assert "matches within 1 point" in text
