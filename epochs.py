@@ -153,8 +153,10 @@ def training_loader(items, options, ctx: Context) -> tuple:
         device = ctx.device if on_gpu(needed, ctx.device) else torch.device("cpu") if in_memory(needed) else None
         if device is not None:
             kept = image_data.DECODED.keep(items, options.workers, device=device)
-            return loader(items, ctx.train_tf, options.batch_size, workers=0, shuffle=True,
-                          load=lambda path: kept[path].to(ctx.device, non_blocking=True)), "tensor"
+            augment = image_data.BatchAugmentation(ctx.train_tf, ctx.device)  # crops per image, the rest per batch
+            batches = loader(items, augment, options.batch_size, workers=0, shuffle=True,
+                             load=lambda path: kept[path].to(ctx.device, non_blocking=True))
+            return TensorBatches(batches, augment), "tensor"
         text = (f"the {len(missing)} training images take {human_size(needed)} decoded, "
                 f"but {human_size(available_memory())} of memory is available")
         if options.augment == "tensor":
@@ -163,6 +165,20 @@ def training_loader(items, options, ctx: Context) -> tuple:
         image_data.DECODED.clear()
         tqdm.write(f"--augment auto: {text}: decoding them from disk every epoch instead (pil)")
     return loader(items, ctx.train_tf, options.batch_size, options.workers, shuffle=True, device=ctx.device), "pil"
+
+
+class TensorBatches:
+    """The --augment tensor loader, each batch finished by `augment.finish` (flip, convert, normalise
+    once per batch); it has the loader's `sampler` and length."""
+
+    def __init__(self, batches, augment):
+        self.batches, self.augment, self.sampler = batches, augment, batches.sampler
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return ((self.augment.finish(pixels, flips), labels) for (pixels, flips), labels in self.batches)
 
 
 def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr: float) -> float:

@@ -14,9 +14,10 @@ from unittest import mock
 import pytest
 import torch
 from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException,
-                                           FakeTensorMode)
+                                           FakeTensorMode, unset_fake_temporarily)
 
 import epochs
+import image_data
 import pini
 from conftest import CLASSNAMES
 
@@ -179,6 +180,46 @@ def test_finding_the_suffix_groups_reads_values_so_it_is_done_once_before(fake_m
         model = to_fake_cuda(model, mode)
         with pytest.raises((DataDependentOutputException, DynamicOutputShapeException)):
             pini.suffix_groups(model.prompt_tokens[:, model.noise_end:])
+
+
+@contextmanager
+def real_random_draws(crop):
+    """The crop box is drawn from torch's CPU generator and read on the host (never a GPU sync:
+    that generator and its tensors are on the CPU); under the fake mode those CPU tensors are
+    fake too, so the draw runs outside it."""
+    real = crop.make_params
+
+    def draw(inputs):
+        with unset_fake_temporarily():
+            return real(inputs)
+
+    crop.make_params = draw
+    try:
+        yield
+    finally:
+        del crop.make_params
+
+
+CFG = {"size": 32, "interpolation": "bicubic", "mean": (0.48, 0.46, 0.41), "std": (0.27, 0.26, 0.28)}
+
+
+@pytest.mark.parametrize("on_cuda", [True, False])
+def test_the_batch_augmentation_runs_on_cuda_and_fails_with_its_statistics_on_the_cpu(on_cuda):
+    """The tensor path on the GPU: crop each kept image, stack, then flip/convert/normalise with
+    mean and std on the device. Mean and std left on the CPU (planted) fail, as on a GPU."""
+    transform = pini.train_transform(CFG)
+    with fake_cuda(), real_random_draws(transform.transforms[0]):
+        augment = image_data.BatchAugmentation(transform, "cuda" if on_cuda else "cpu")
+        kept = [torch.empty(3, 40 + 7 * i, 50, dtype=torch.uint8, device="cuda") for i in range(4)]
+        crops, flips = zip(*[augment(pixels) for pixels in kept])
+        pixels = torch.stack(crops)
+        assert pixels.is_cuda and pixels.shape == (4, 3, 32, 32) and pixels.dtype == torch.uint8
+        if not on_cuda:
+            with pytest.raises(RuntimeError, match="same device"):
+                augment.finish(pixels, torch.stack(flips))
+            return
+        images = augment.finish(pixels, torch.stack(flips))
+        assert images.is_cuda and images.dtype == torch.float32 and images.shape == (4, 3, 32, 32)
 
 
 # ----------------------------------------------------------------------------------------------
