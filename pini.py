@@ -72,6 +72,15 @@ class WeightsUnavailable(RuntimeError):
     """Pretrained weights could not be fetched (e.g. no internet): the message says what to do."""
 
 
+class CUDAError(RuntimeError):
+    """The GPU failed while the model was loaded (out of memory, a bad device, a broken driver)."""
+
+
+def _cuda_failure(error: BaseException) -> bool:
+    accelerator = getattr(torch, "AcceleratorError", ())
+    return isinstance(error, (torch.OutOfMemoryError, accelerator)) or "CUDA" in str(error)
+
+
 def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", device="cpu"):
     """Create a frozen open_clip CLIP, its tokenizer and its train/eval image transforms.
 
@@ -98,6 +107,10 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
     try:
         clip, _, eval_transform = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as error:
+        if _cuda_failure(error):  # the weights may be fine: say what the GPU said, not "not CLIP weights"
+            what = "out of GPU memory" if isinstance(error, torch.OutOfMemoryError) else "a CUDA error"
+            raise CUDAError(f"loading {name} onto {device} failed with {what}: "
+                            f"{(str(error).strip().splitlines() or [''])[0][:200]}") from None
         if weights is not None and os.path.isfile(weights):  # a local file that is not CLIP weights for `name`
             reason = ("not a file of tensors that loads safely" if isinstance(error, pickle.UnpicklingError)
                       else f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}")

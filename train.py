@@ -338,7 +338,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (UsageError, datasets.DatasetError, pini.WeightsUnavailable, ValueError,
+    except (UsageError, datasets.DatasetError, pini.WeightsUnavailable, pini.CUDAError, ValueError,
             FileNotFoundError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2

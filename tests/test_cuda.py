@@ -282,3 +282,85 @@ def test_a_non_finite_loss_stops_the_epoch_at_the_next_check(tiny_vit):
     with pytest.raises(epochs.UsageError, match="non-finite"):
         epochs.train_epoch(model, counted([good, bad] + [good] * 10), optimizer, None, OPTIONS, ctx, check_every=4)
     assert len(steps) == 4  # stopped at the first check after the NaN, not at the end of the epoch
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA failures as messages (torch.cuda's functions patched: no GPU needed)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+
+
+def test_a_gpu_number_beyond_the_count_is_refused_up_front(two_gpus):
+    assert epochs.pick_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(epochs.UsageError, match=r"--device cuda:2: torch sees 2 GPUs, use cuda:0 to cuda:1"):
+        epochs.pick_device("cuda:2")
+
+
+@pytest.mark.parametrize("capability, refused", [((7, 5), True), ((8, 0), False), ((9, 0), False)])
+def test_bf16_is_refused_where_the_gpu_only_emulates_it(two_gpus, monkeypatch, capability, refused):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda")
+    if refused:
+        with pytest.raises(epochs.UsageError, match=r"Tesla T4 \(compute capability 7.5\) has no native bf16"):
+            epochs.resolve_precision("bf16", cuda)
+    else:
+        assert epochs.resolve_precision("bf16", cuda) == "bf16"
+    assert epochs.resolve_precision("fp16", cuda) == "fp16" and epochs.resolve_precision("bf16", torch.device("cpu"))
+
+
+def test_pinned_memory_follows_the_chosen_device_not_the_machine(two_gpus, noise_items):
+    assert not epochs.loader(noise_items, None, 2, 0, device=torch.device("cpu")).pin_memory  # --device cpu
+    assert epochs.loader(noise_items, None, 2, 0, device=torch.device("cuda")).pin_memory
+    assert not epochs.loader(noise_items, None, 2, 0, device=torch.device("cuda"), load=lambda p: p).pin_memory
+
+
+@pytest.fixture
+def noise_items(tmp_path):
+    import datasets
+    from conftest import noise_png, touch_image
+    items = []
+    for i in range(2):
+        touch_image(tmp_path / f"{i}.png", noise_png(i))
+        items.append(datasets.Item(str(tmp_path / f"{i}.png"), i, str(i)))
+    return items
+
+
+def test_out_of_memory_is_one_line_that_says_what_to_try_and_lets_go_of_kept_images(tiny_vit, monkeypatch):
+    clip, tokenizer, train_tf, eval_tf = tiny_vit
+    model = pini.PiNI(clip, tokenizer, CLASSNAMES)
+    ctx = epochs.Context(clip, tokenizer, train_tf, eval_tf, torch.device("cpu"), "fp32")
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.7 GiB total)")
+
+    monkeypatch.setattr(epochs, "train_step", no_memory)
+    monkeypatch.setattr(image_data.DECODED, "images", {"a.jpg": SimpleNamespace(is_cuda=True)})  # kept on a GPU
+    batches = [(torch.randn(2, 3, 32, 32), None, torch.tensor([0, 1]))]
+    with pytest.raises(epochs.UsageError) as error:
+        epochs.train_epoch(model, batches, None, None, OPTIONS, ctx)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("out of GPU memory while training (4 classes, batch 2)")
+    assert "--augment pil" in message and "--batch-size (now 2)" in message and "--precision fp16" in message
+    assert image_data.DECODED.images == {}  # the decoded images no longer hold the GPU's memory
+
+
+def test_a_cuda_error_while_loading_is_reported_as_one_not_as_bad_weights(config_dir, tmp_path, monkeypatch):
+    import open_clip
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"fine weights, for all we know")
+
+    def fails(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 600.00 MiB")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", fails)
+    with pytest.raises(pini.CUDAError, match=r"loading tiny-vit onto cuda:1 failed with out of GPU memory: CUDA out "):
+        pini.load_clip(str(config_dir / "tiny-vit.json"), str(path), device="cuda:1")
+    monkeypatch.setattr(open_clip, "create_model_and_transforms",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA error: invalid device ordinal")))
+    with pytest.raises(pini.CUDAError, match="failed with a CUDA error: CUDA error: invalid device ordinal"):
+        pini.load_clip(str(config_dir / "tiny-vit.json"), "none", device="cuda:7")
