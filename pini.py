@@ -44,6 +44,7 @@ and marks reconstructions of the paper's text *inferred*.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import pickle
@@ -69,6 +70,15 @@ NO_WEIGHTS = (None, "", "none", "None", "random")
 
 class WeightsUnavailable(RuntimeError):
     """Pretrained weights could not be fetched (e.g. no internet): the message says what to do."""
+
+
+class CUDAError(RuntimeError):
+    """The GPU failed while the model was loaded (out of memory, a bad device, a broken driver)."""
+
+
+def _cuda_failure(error: BaseException) -> bool:
+    accelerator = getattr(torch, "AcceleratorError", ())
+    return isinstance(error, (torch.OutOfMemoryError, accelerator)) or "CUDA" in str(error)
 
 
 def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", device="cpu"):
@@ -97,6 +107,10 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
     try:
         clip, _, eval_transform = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as error:
+        if _cuda_failure(error):  # the weights may be fine: say what the GPU said, not "not CLIP weights"
+            what = "out of GPU memory" if isinstance(error, torch.OutOfMemoryError) else "a CUDA error"
+            raise CUDAError(f"loading {name} onto {device} failed with {what}: "
+                            f"{(str(error).strip().splitlines() or [''])[0][:200]}") from None
         if weights is not None and os.path.isfile(weights):  # a local file that is not CLIP weights for `name`
             reason = ("not a file of tensors that loads safely" if isinstance(error, pickle.UnpicklingError)
                       else f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}")
@@ -265,7 +279,8 @@ def build_prompts(tokenizer, classnames, template: str = "a photo of a", n_ctx: 
     return Prompts(tokens=tokens, noise_start=1, noise_end=noise_end)
 
 
-def encode_text_embeddings(clip, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_embeddings(clip, embeddings: torch.Tensor, tokens: torch.Tensor,
+                           length: Optional[int] = None) -> torch.Tensor:
     """Run CLIP's text tower on token *embeddings* instead of token ids.
 
     This is `clip.encode_text(tokens)` with its first line (the embedding lookup) taken out,
@@ -278,11 +293,12 @@ def encode_text_embeddings(clip, embeddings: torch.Tensor, tokens: torch.Tensor)
     transformer only up to the longest prompt's EOT, not the full 77 positions — same output,
     a fraction of the work (usually 25–35 tokens instead of 77).
 
-    embeddings: (N, L, W) token embeddings; tokens: (N, L) their ids (to find EOT).
+    embeddings: (N, L, W) token embeddings; tokens: (N, L) their ids (to find EOT); length:
+    `needed_context(clip, tokens)` when known (finding it reads a value on the host: a device sync).
     Returns (N, D) text features, not normalised.
     """
     cast_dtype = clip.transformer.get_cast_dtype()
-    length = needed_context(clip, tokens)
+    length = needed_context(clip, tokens) if length is None else length
     x = embeddings[:, :length].to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
     mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
     x = clip.transformer(x, attn_mask=mask)  # (N, length, W)
@@ -316,7 +332,8 @@ def supports_shared_prefix(clip) -> bool:
                     and b.attn._qkv_same_embed_dim and not hasattr(b, "ln_1_kv") for b in blocks))
 
 
-def encode_text_shared_prefix(clip, prefix: torch.Tensor, suffix: torch.Tensor, suffix_tokens: torch.Tensor):
+def encode_text_shared_prefix(clip, prefix: torch.Tensor, suffix: torch.Tensor, suffix_tokens: torch.Tensor,
+                              groups: Optional[tuple] = None):
     """The text tower for prompts that share their first P token embeddings — exactly.
 
     Every PiNI prompt starts with the same P tokens (SOS, the placeholders, the template, and the
@@ -338,19 +355,20 @@ def encode_text_shared_prefix(clip, prefix: torch.Tensor, suffix: torch.Tensor, 
     (tested, with gradients). The first P positions must hold no padding.
 
     prefix: (K, P, W) embeddings; suffix: (C, S, W) embeddings (shared by the K samples);
-    suffix_tokens: (C, S) their ids (to find EOT). Returns (K, C, D).
+    suffix_tokens: (C, S) their ids (to find EOT); groups: `suffix_groups(suffix_tokens)`, computed
+    here when not given (with a device sync). Returns (K, C, D).
     """
     K, P, W = prefix.shape
     cast_dtype = clip.transformer.get_cast_dtype()
     positions = clip.positional_embedding.to(cast_dtype)
     x_p = prefix.to(cast_dtype) + positions[:P]  # (K, P, W)
-    lengths = suffix_tokens.argmax(dim=-1) + 1  # (C,) each suffix up to and including its EOT
-    sizes = lengths.unique().tolist()
-    groups = [(lengths == n).nonzero().squeeze(1) for n in sizes]  # the classes of each suffix length
-    xs = [(suffix[g, :n].to(cast_dtype) + positions[P:P + n]).expand(K, len(g), n, W)  # (K, C_g, n, W)
-          for g, n in zip(groups, sizes)]
+    order, restore, sizes = groups if groups is not None else suffix_groups(suffix_tokens)
+    suffix = suffix.index_select(0, order)  # (C, S, W), classes in order of suffix length
+    starts = [0, *itertools.accumulate(count for _, count in sizes)]
+    xs = [(suffix[start:start + count, :n].to(cast_dtype) + positions[P:P + n]).expand(K, count, n, W)
+          for start, (n, count) in zip(starts, sizes)]  # (K, C_g, n, W) for each suffix length n
     # suffix row i may see columns j ≤ P + i: the whole prefix and its own suffix up to i
-    masks = [torch.ones(n, P + n, dtype=torch.bool, device=prefix.device).tril(P) for n in sizes]
+    masks = [torch.ones(n, P + n, dtype=torch.bool, device=prefix.device).tril(P) for n, _ in sizes]
     for block in clip.transformer.resblocks:
         q_p, k_p, v_p = _attention_inputs(block, x_p)  # (K, H, P, W/H) each
         x_p = _finish_block(block, x_p, F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True))
@@ -361,8 +379,20 @@ def encode_text_shared_prefix(clip, prefix: torch.Tensor, suffix: torch.Tensor, 
             v_all = torch.cat([v_p.unsqueeze(1).expand(K, C_g, *v_p.shape[1:]), v_s], dim=-2)
             xs[i] = _finish_block(block, x_s, F.scaled_dot_product_attention(q_s, k_all, v_all, attn_mask=mask))
     pooled = torch.cat([x_s[:, :, -1] for x_s in xs], dim=1)  # (K, C, W): EOT, the last of each suffix
-    order = torch.cat(groups).argsort()  # back from grouped order to class order
-    return _project_text(clip, clip.ln_final(pooled[:, order]))  # (K, C, D)
+    return _project_text(clip, clip.ln_final(pooled.index_select(1, restore)))  # (K, C, D), class order
+
+
+def suffix_groups(suffix_tokens: torch.Tensor) -> tuple:
+    """(order, restore, sizes): how `encode_text_shared_prefix` groups the classes by suffix length.
+
+    order (C,): the classes sorted by suffix length (stable: by class within a length);
+    restore (C,): its inverse permutation; sizes: [(n, C_n)] the distinct lengths n, ascending,
+    and how many classes have each. Finding them reads tensor values on the host (a device sync),
+    so PiNI computes them once, when it registers the prompts, not on every forward."""
+    lengths = suffix_tokens.argmax(dim=-1) + 1  # (C,) each suffix up to and including its EOT
+    order = lengths.argsort(stable=True)
+    values, counts = lengths.unique(return_counts=True)  # ascending
+    return order, order.argsort(), list(zip(values.tolist(), counts.tolist()))
 
 
 def _attention_inputs(block, x: torch.Tensor):
@@ -769,6 +799,10 @@ class PiNI(nn.Module):
         self.register_buffer("prompt_tokens", tokens.to(self.clip.logit_scale.device), persistent=False)  # (C, L)
         with torch.no_grad():
             self.register_buffer("prompt_embeddings", self.clip.token_embedding(self.prompt_tokens), persistent=False)
+            # The classes grouped by suffix length, found once: a forward then reads no value on the host.
+            order, restore, self.suffix_sizes = suffix_groups(self.prompt_tokens[:, self.noise_end:])
+            self.register_buffer("suffix_order", order, persistent=False)  # (C,)
+            self.register_buffer("suffix_restore", restore, persistent=False)  # (C,)
             # CLIP is frozen and the prompts fixed: the noise-free text features are a constant.
             self.register_buffer("clean_text_features", self.text_features(None)[0], persistent=False)  # (C, D)
 
@@ -840,15 +874,16 @@ class PiNI(nn.Module):
             prefix = self.prompt_embeddings[:1, :P]  # (1, P, W)
             if noise is not None:
                 prefix = prefix + F.pad(noise, (0, 0, self.noise_start, 0))  # (K, P, W)
+            groups = (self.suffix_order, self.suffix_restore, self.suffix_sizes)
             return encode_text_shared_prefix(self.clip, prefix, self.prompt_embeddings[:, P:],
-                                             self.prompt_tokens[:, P:])
+                                             self.prompt_tokens[:, P:], groups)
         embeddings = self.prompt_embeddings.unsqueeze(0)  # (1, C, L, W)
         if noise is not None:
             pad = F.pad(noise, (0, 0, self.noise_start, embeddings.shape[2] - self.noise_end))
             embeddings = embeddings + (pad if per_class else pad.unsqueeze(1))  # (K, C, L, W)
         K, C = embeddings.shape[:2]
         tokens = self.prompt_tokens.repeat(K, 1)  # (K·C, L)
-        features = encode_text_embeddings(self.clip, embeddings.flatten(0, 1), tokens)
+        features = encode_text_embeddings(self.clip, embeddings.flatten(0, 1), tokens, length=tokens.shape[1])
         return features.view(K, C, -1)
 
     def controlled(self, noise: Gaussian) -> Gaussian:

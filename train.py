@@ -100,7 +100,7 @@ def new_class_accuracy(model: pini.PiNI, job: Job, options, ctx: Context) -> dic
 
 def test_pass(model: pini.PiNI, split, seed: int, options, ctx: Context):
     """(top-1 accuracy on the split's test set, its loader), in the run's inference mode."""
-    test_loader = loader(split.test, ctx.eval_tf, options.test_batch_size, options.workers)
+    test_loader = loader(split.test, ctx.eval_tf, options.test_batch_size, options.workers, device=ctx.device)
     seed_everything(seed)  # the "sample" inference mode draws noise: make it repeatable
     return evaluate(model, test_loader, ctx, options.inference, options.inference_samples), test_loader
 
@@ -200,7 +200,7 @@ def run_zero_shot(job: Job, args, ctx: Context, run_dir: Path) -> dict:
     split = job.split
 
     def accuracy_on(part: datasets.Split) -> float:
-        test_loader = loader(part.test, ctx.eval_tf, args.test_batch_size, args.workers)
+        test_loader = loader(part.test, ctx.eval_tf, args.test_batch_size, args.workers, device=ctx.device)
         return zero_shot_accuracy(ctx, part.classnames, split.info.zero_shot, test_loader)
 
     record = {"kind": "zero-shot", "protocol": job.protocol, "dataset": split.info.name, "shots": 0, "seed": 0,
@@ -339,7 +339,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (UsageError, datasets.DatasetError, pini.WeightsUnavailable, ValueError,
+    except (UsageError, datasets.DatasetError, pini.WeightsUnavailable, pini.CUDAError, ValueError,
             FileNotFoundError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The figures no CPU can give: ViT-B/16 on a CUDA GPU (random weights), for docs/speed.md.
-#   bash benchmarks/gpu_check.sh            (about 6 minutes; results also under $OUT, default /tmp/out)
+#   bash benchmarks/gpu_check.sh            (about 8 minutes; results also under $OUT, default /tmp/out)
 # Prints the card, then:
 #   1. the training step against the authors' at 100 and 1000 classes, fp16 and bf16 (steps/s, peak memory);
 #   2. a real epoch on generated 500x375 JPEGs, 16 shots, 100 and 1000 classes, fp16 and bf16: this
 #      project (images decoded once, cropped on the GPU) against the authors' data path and step, its
 #      parts, the image-tower floor, peak memory;
-#   3. the same epoch with the PIL data path (--augment pil), to show what the tensor path saves.
+#   3. the same epoch with the PIL data path (--augment pil), to show what the tensor path saves;
+#   4. the tensor augmentation's time per batch, image by image against a batch at once;
+#   5. host syncs (read by the step, and reported by CUDA) and aten operators per training step.
 # open_clip_torch and ftfy (+ wcwidth) must be importable; on a machine without a registry, install
 # their wheels first, e.g. pip install --no-index --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -o pipefail
@@ -23,3 +25,8 @@ timeout 300 python3 benchmarks/epoch.py --model ViT-B-16 --device cuda --classes
   --authors-batches 20 --precision fp16 bf16 --workers "$WORKERS" 2>&1 | grep -v WARNING | tee "$OUT/epoch.txt"
 timeout 120 python3 benchmarks/epoch.py --model ViT-B-16 --device cuda --classes 100 --batches 50 \
   --authors-batches 5 --augment pil --workers "$WORKERS" 2>&1 | grep -v WARNING | tee "$OUT/epoch_pil.txt"
+timeout 90 python3 benchmarks/augment.py --device cuda --batch-size 32 --batches 10 2>&1 | tee "$OUT/augment.txt"
+for precision in fp16 bf16; do
+  timeout 120 python3 benchmarks/step_syncs.py --model ViT-B-16 --device cuda --classes 100 1000 \
+    --precision "$precision" 2>&1 | grep -v -e WARNING -e USDT -e ERROR | tee "$OUT/syncs_$precision.txt"
+done

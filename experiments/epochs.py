@@ -41,6 +41,10 @@ def pick_device(name: str) -> torch.device:
         raise UsageError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name} asked for a GPU, but torch sees none (torch.cuda.is_available() is False)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UsageError(f"--device {name}: torch sees {count} GPU{'s' if count != 1 else ''}, "
+                         f"use cuda:0 to cuda:{count - 1} (or cuda)")
     return device
 
 
@@ -49,6 +53,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         precision = "fp16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise UsageError("--precision fp16 needs a GPU; on the CPU use fp32 or bf16")
+    if precision == "bf16" and device.type == "cuda":
+        # Before compute capability 8 (Ampere) bf16 is emulated: slow, and not what the figures measure.
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} (compute capability "
+                             f"{major}.{minor}) has no native bf16 (it needs 8.0 or newer); use fp16 or fp32")
     return precision
 
 
@@ -84,17 +94,20 @@ class Context:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
 
-def loader(items, transform, batch_size, workers, shuffle=False, seed=0, load=None):
+def loader(items, transform, batch_size, workers, shuffle=False, seed=0, load=None, device=None):
     """A DataLoader whose augmentation of image i depends on (seed, i) only — not on `workers` —
     and whose order depends on `seed` only. `loader.sampler.set_epoch(s)` moves it to epoch s;
     its workers stay alive across epochs (the seed travels with each index: image_data.EpochSampler).
-    load: how a path becomes the transform's input (default: decoded from disk by PIL)."""
+    load: how a path becomes the transform's input (default: decoded from disk by PIL).
+    device: where the batches go; pinned (page-locked) memory only for a GPU: pinning initialises
+    CUDA, which a --device cpu run on a GPU machine must not do."""
     return torch.utils.data.DataLoader(
         image_data.ImageDataset(items, transform, load), batch_size=batch_size, num_workers=workers,
         sampler=image_data.EpochSampler(len(items), shuffle, seed),
         drop_last=shuffle and len(items) >= batch_size,  # as Dassl: no ragged last training batch
         generator=torch.Generator(),  # the workers' base seed: never drawn from the global generator
-        persistent_workers=workers > 0, pin_memory=load is None and torch.cuda.is_available())
+        persistent_workers=workers > 0,
+        pin_memory=load is None and device is not None and torch.device(device).type == "cuda")
 
 
 AUGMENT = ("auto", "pil", "tensor")
@@ -140,8 +153,10 @@ def training_loader(items, options, ctx: Context) -> tuple:
         device = ctx.device if on_gpu(needed, ctx.device) else torch.device("cpu") if in_memory(needed) else None
         if device is not None:
             kept = image_data.DECODED.keep(items, options.workers, device=device)
-            return loader(items, ctx.train_tf, options.batch_size, workers=0, shuffle=True,
-                          load=lambda path: kept[path].to(ctx.device, non_blocking=True)), "tensor"
+            augment = image_data.BatchAugmentation(ctx.train_tf, ctx.device)  # crops per image, the rest per batch
+            batches = loader(items, augment, options.batch_size, workers=0, shuffle=True,
+                             load=lambda path: kept[path].to(ctx.device, non_blocking=True))
+            return TensorBatches(batches, augment), "tensor"
         text = (f"the {len(missing)} training images take {human_size(needed)} decoded, "
                 f"but {human_size(available_memory())} of memory is available")
         if options.augment == "tensor":
@@ -149,7 +164,21 @@ def training_loader(items, options, ctx: Context) -> tuple:
                              "in --workers processes)")
         image_data.DECODED.clear()
         tqdm.write(f"--augment auto: {text}: decoding them from disk every epoch instead (pil)")
-    return loader(items, ctx.train_tf, options.batch_size, options.workers, shuffle=True), "pil"
+    return loader(items, ctx.train_tf, options.batch_size, options.workers, shuffle=True, device=ctx.device), "pil"
+
+
+class TensorBatches:
+    """The --augment tensor loader, each batch finished by `augment.finish` (flip, convert, normalise
+    once per batch); it has the loader's `sampler` and length."""
+
+    def __init__(self, batches, augment):
+        self.batches, self.augment, self.sampler = batches, augment, batches.sampler
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return ((self.augment.finish(pixels, flips), labels) for (pixels, flips), labels in self.batches)
 
 
 def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr: float) -> float:
@@ -160,31 +189,41 @@ def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr:
 
 
 def top1(scores, test_loader, ctx: Context, desc: str) -> float:
-    """Top-1 accuracy (%) over the test loader of `scores(images) -> (B, C)`, under autocast."""
-    correct = total = 0
+    """Top-1 accuracy (%) over the test loader of `scores(images) -> (B, C)`, under autocast.
+    The count stays on the device until the end: no host sync per batch."""
+    correct, total = torch.zeros((), dtype=torch.long, device=ctx.device), 0
     for images, labels in tqdm(test_loader, desc=desc, leave=False, dynamic_ncols=True):
         with torch.no_grad(), ctx.autocast():
-            predicted = scores(images.to(ctx.device)).argmax(-1).cpu()
-        correct += (predicted == labels).sum().item()
+            predicted = scores(images.to(ctx.device, non_blocking=True)).argmax(-1)
+        correct += (predicted == labels.to(ctx.device, non_blocking=True)).sum()
         total += len(labels)
-    return 100.0 * correct / total
+    return 100.0 * correct.item() / total
 
 
 def evaluate(model: pini.PiNI, test_loader, ctx: Context, mode: str, samples: int) -> float:
     """Top-1 accuracy (%) of `model.predict` in the given inference mode."""
     model.eval()
-    with ctx.autocast():
-        text = model.mean_text_features() if mode == "mean" else None  # constant: encoded once
-    return top1(lambda images: model.predict(images, mode, samples, text_features=text), test_loader, ctx, "test")
+    try:
+        with ctx.autocast():
+            text = model.mean_text_features() if mode == "mean" else None  # constant: encoded once
+        return top1(lambda images: model.predict(images, mode, samples, text_features=text), test_loader, ctx, "test")
+    except torch.OutOfMemoryError:
+        raise out_of_memory("testing", len(model.classnames), test_loader.batch_size, ctx) from None
 
 
 @torch.no_grad()
 def zero_shot_accuracy(ctx: Context, classnames, template: str, test_loader) -> float:
     """CLIP's zero-shot accuracy (%) with one hand-crafted prompt per class (e.g. 'a photo of a {}.')."""
+    return top1(zero_shot_scores(ctx, classnames, template), test_loader, ctx, "zero-shot")
+
+
+@torch.no_grad()
+def zero_shot_scores(ctx: Context, classnames, template: str):
+    """scores(images) -> (B, C) cosine similarities of zero-shot CLIP, the class prompts encoded once."""
     with ctx.autocast():
         text = ctx.clip.encode_text(ctx.tokenizer([template.format(c) for c in classnames]).to(ctx.device),
                                     normalize=True)  # (C, D)
-    return top1(lambda images: ctx.clip.encode_image(images, normalize=True) @ text.T, test_loader, ctx, "zero-shot")
+    return lambda images: ctx.clip.encode_image(images, normalize=True) @ text.T
 
 
 # Opt-in protocol option (--cache-views V): the image tower is frozen and the feature-level noise
@@ -202,7 +241,8 @@ def view_features(model: pini.PiNI, items, transform, options, ctx: Context) -> 
     if missing:
         views = []
         for view in range(options.cache_views):  # view v: augmentation seeded by v, the same for every run
-            batches = loader(missing, transform, options.test_batch_size, options.workers, seed=view)
+            batches = loader(missing, transform, options.test_batch_size, options.workers, seed=view,
+                             device=ctx.device)
             with ctx.autocast():
                 views.append(torch.cat([model.encode_images(images.to(ctx.device)).float().cpu()
                                         for images, _ in tqdm(batches, desc=f"caching view {view + 1}",
@@ -242,31 +282,72 @@ def cached_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int
         yield None, features[index, view], labels[index]
 
 
-def train_epoch(model, batches, optimizer, scaler, options, ctx: Context) -> dict:
-    """One pass over `batches` of (images or None, image features or None, labels)."""
+CHECK_EVERY = 50  # steps between finiteness checks of the running loss (each one waits for the device)
+
+
+def train_step(model, images, features, labels, optimizer, scaler, options, ctx: Context) -> tuple:
+    """One optimisation step on a batch already on the device. Returns (loss, correct) as 0-dim
+    tensors on the device: nothing here reads a value on the host, so the CPU can queue the next
+    batch while the GPU works (the caller reads the totals once in a while)."""
+    with ctx.autocast():
+        output = model(images, num_samples=options.noise_samples, image_features=features)
+        losses = pini.pini_objective(output, labels, options.ce_weight, options.kl_weight, options.prior_std)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler:
+        scaler.scale(losses["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        losses["loss"].backward()
+        optimizer.step()
+    correct = (output.logits.argmax(-1) == labels).float().mean(0).sum()  # averaged over the K samples
+    return losses["loss"].detach(), correct
+
+
+def train_epoch(model, batches, optimizer, scaler, options, ctx: Context, check_every: int = CHECK_EVERY) -> dict:
+    """One pass over `batches` of (images or None, image features or None, labels).
+
+    The loss and the correct count are summed on the device; the host reads the sums every
+    `check_every` steps and at the end — once per epoch for a few-shot epoch — and stops on a
+    non-finite loss (a sum is finite only if every term is), before the caller saves anything."""
     model.train()
-    started, total_loss, correct, seen = time.time(), 0.0, 0, 0
-    for images, features, labels in batches:
+    started, seen = time.time(), 0
+    sums = torch.zeros(2, device=ctx.device)  # (Σ loss · batch size, Σ correct)
+    for step, (images, features, labels) in enumerate(batches, 1):
         images = images.to(ctx.device, non_blocking=True) if images is not None else None
         features = features.to(ctx.device, non_blocking=True) if features is not None else None
         labels = labels.to(ctx.device, non_blocking=True)
-        with ctx.autocast():
-            output = model(images, num_samples=options.noise_samples, image_features=features)
-            losses = pini.pini_objective(output, labels, options.ce_weight, options.kl_weight, options.prior_std)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler:
-            scaler.scale(losses["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            losses["loss"].backward()
-            optimizer.step()
-        loss = losses["loss"].item()
-        if not math.isfinite(loss):
-            raise UsageError("the loss became non-finite; try --precision fp32 or bf16, a smaller --lr"
-                             + (" or a smaller --kl-weight" if options.kl_weight else ""))
-        total_loss += loss * len(labels)
-        correct += (output.logits.argmax(-1) == labels).float().mean(0).sum().item()
+        try:
+            loss, correct = train_step(model, images, features, labels, optimizer, scaler, options, ctx)
+        except torch.OutOfMemoryError:
+            raise out_of_memory("training", len(model.classnames), options.batch_size, ctx,
+                                options.noise_samples) from None
+        sums += torch.stack([loss.float() * len(labels), correct])
         seen += len(labels)
+        if step % check_every == 0:
+            check_finite(sums[0].item(), options)
+    total_loss, correct = sums.tolist()
+    check_finite(total_loss, options)
     return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1),
             "seconds": time.time() - started}
+
+
+def check_finite(loss: float, options):
+    if not math.isfinite(loss):
+        raise UsageError("the loss became non-finite; try --precision fp32 or bf16, a smaller --lr"
+                         + (" or a smaller --kl-weight" if options.kl_weight else ""))
+
+
+def out_of_memory(what: str, classes: int, batch_size: int, ctx: Context, noise_samples: int = 1) -> UsageError:
+    """The one line a person sees when the GPU runs out of memory: what ran, how big, what to try.
+    Decoded training images kept on the GPU (--augment tensor or auto) are let go first."""
+    kept_on_gpu = any(pixels.is_cuda for pixels in image_data.DECODED.images.values())
+    image_data.DECODED.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    hints = (["--augment pil (the training images were kept on the GPU)"] if kept_on_gpu else []) + [
+        f"a smaller {'--batch-size' if what == 'training' else '--test-batch-size'} (now {batch_size})",
+        "--precision fp16 (or bf16)" if ctx.precision == "fp32" else None,
+        "fewer --noise-samples" if noise_samples > 1 else None]
+    return UsageError(f"out of GPU memory while {what} ({classes} classes, batch {batch_size}); try "
+                      + ", ".join(h for h in hints if h))

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch.utils.data
 from PIL import Image
 from torchvision.datasets.folder import default_loader
-from torchvision.transforms.v2.functional import pil_to_tensor
+from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
 from tqdm import tqdm
 
 from experiments.datasets import DatasetError, write_cache, user_cache_dir
@@ -163,6 +163,47 @@ class DecodedImages:
 
 
 DECODED = DecodedImages()
+
+
+# -----------------------------------------------------------------------------------------
+# Augmenting a batch at once (the --augment tensor path)
+# -----------------------------------------------------------------------------------------
+
+class BatchAugmentation:
+    """A training transform (crop, flip, to float, normalise: pini.train_transform) cut in two,
+    so that the device does the per-pixel work once per batch, not once per image.
+
+        per image (the Dataset's transform, under the sample's seed):
+            (3, H, W) uint8 -> (3, S, S) uint8 random resized crop, and the flip drawn, not applied
+        per batch (`finish`, after the loader stacks them):
+            (B, 3, S, S) uint8, (B,) flips -> flipped, converted to [0, 1] and normalised, (B, 3, S, S)
+
+    The per-image part draws exactly what the whole transform draws, in the same order (the crop
+    box, then RandomHorizontalFlip's `torch.rand(1) < p`), from the same generator; the batch part
+    applies the same operations to the same values, so the batch equals the per-image transforms
+    stacked, bit for bit (tests/test_image_data.py). Mean and std live on the device, made once:
+    torchvision's normalize builds them from Python lists for every image (two copies to the GPU each).
+    """
+
+    def __init__(self, transform, device="cpu"):
+        parts = {type(t).__name__: t for t in transform.transforms}
+        self.crop, self.flip = parts["RandomResizedCrop"], parts["RandomHorizontalFlip"]
+        self.dtype = parts["ToDtype"].dtype
+        normalize = parts["Normalize"]
+        self.mean = torch.tensor(normalize.mean, dtype=self.dtype, device=device).view(-1, 1, 1)  # (3, 1, 1)
+        self.std = torch.tensor(normalize.std, dtype=self.dtype, device=device).view(-1, 1, 1)
+
+    def __call__(self, pixels: torch.Tensor):
+        """(3, H, W) uint8 -> ((3, S, S) uint8, (1,) bool: flip it)."""
+        resized = self.crop(pixels)
+        return resized, torch.rand(1) < self.flip.p  # the flip RandomHorizontalFlip draws
+
+    def finish(self, pixels: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 on the device, (B, 1) or (B,) bool -> (B, 3, S, S) normalised floats."""
+        flips = flips.to(pixels.device, non_blocking=True).view(-1, 1, 1, 1)
+        pixels = torch.where(flips, pixels.flip(-1), pixels)
+        pixels = to_dtype(pixels, self.dtype, scale=True)  # uint8 -> [0, 1], as ToDtype
+        return pixels.sub_(self.mean).div_(self.std)  # as Normalize: (x − mean) / std
 
 
 # -----------------------------------------------------------------------------------------

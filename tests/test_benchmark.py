@@ -111,10 +111,35 @@ def test_the_gpu_checklist_only_uses_flags_the_benchmarks_have():
 
     script = (SCRIPT.parent / "gpu_check.sh").read_text().replace("\\\n", " ")
     commands = re.findall(r"python3 (benchmarks/\w+\.py)([^|\n]*)", script)
-    assert {path for path, _ in commands} == {"benchmarks/train_step.py", "benchmarks/epoch.py"}
+    assert {path for path, _ in commands} == {"benchmarks/train_step.py", "benchmarks/epoch.py",
+                                              "benchmarks/augment.py", "benchmarks/step_syncs.py"}
     for path, rest in commands:
         spec = importlib.util.spec_from_file_location(Path(path).stem + "_checked", SCRIPT.parents[1] / path)
         bench = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(bench)
         argv = shlex.split(rest.replace('"$precision"', "fp16").replace('"$WORKERS"', "8").replace("2>&1", ""))
         bench.parser().parse_args(argv)  # SystemExit (and the test fails) on an unknown or malformed flag
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name + "_bench", SCRIPT.parent / f"{name}.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_augmentation_benchmark_prints_its_ratio_and_setting(capsys):
+    ratio = load_script("augment").main(["--batch-size", "2", "--width", "40", "--height", "30", "--batches", "1"])
+    out = capsys.readouterr().out
+    assert "2 images of 40×30 px" in out and "CPU" in out and "224×224" in out
+    before, after = (float(x) for x in re.findall(r"([\d.]+) ms/batch", out))
+    printed = float(re.search(r"ratio \(per image / batched\): ([\d.]+)x", out).group(1))
+    assert abs(printed - ratio) < 0.01 and abs(ratio - before / after) < 0.05 * ratio + 0.05
+
+
+def test_the_step_benchmark_counts_no_host_read_in_a_step(config_dir, capsys):
+    results = load_script("step_syncs").main(["--model", str(config_dir / "tiny-vit.json"), "--classes", "5",
+                                              "--batch-size", "2", "--steps", "1"])
+    out = capsys.readouterr().out
+    assert results[5]["reads"] == 0 and results[5]["ops"] > 100
+    assert re.search(r"^\s+5\s+0\.0\s+n/a\s+\d+$", out, re.M), out

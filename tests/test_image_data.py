@@ -251,3 +251,27 @@ def test_tensor_path_pixels_are_pils_within_a_fraction_of_a_grey_level():
     # the wrong versions: 1.8 levels (no antialiasing) and 1.2 (bilinear) on average
     assert grey_levels(without_antialias, range(30))[0] > GREY_LEVEL_BOUND
     assert grey_levels(bilinear, range(30))[0] > GREY_LEVEL_BOUND
+
+
+# ----------------------------------------------------------------------------------------------
+# The tensor path, a batch at once
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [(500, 375), (60, 700)])
+def test_batch_augmentation_is_the_per_image_transform_stacked_bit_for_bit(size):
+    """Crop per image, then flip, convert and normalise once per batch: the same boxes and flips
+    (drawn under each sample's seed) and the same values as the whole transform on each image."""
+    images = [v2.functional.pil_to_tensor(photo(*size, seed=i)) for i in range(6)]
+    items = [datasets.Item(str(i), i % 2, "ab"[i % 2]) for i in range(6)]
+    transform = pini.train_transform(CLIP_CFG)
+    per_image = image_data.ImageDataset(items, transform, load=lambda path: images[int(path)])
+    batched = image_data.ImageDataset(items, image_data.BatchAugmentation(transform), load=lambda path: images[int(path)])
+    augment = batched.transform
+    for epoch_seed in range(8):
+        keys = [(epoch_seed, i) for i in range(6)]
+        expected = torch.stack([per_image[key][0] for key in keys])
+        pixels, flips = (torch.stack(part) for part in zip(*[batched[key][0] for key in keys]))
+        assert pixels.dtype == torch.uint8 and flips.dtype == torch.bool
+        assert torch.equal(augment.finish(pixels, flips), expected)
+    # a wrong version is seen: the flips not applied
+    assert not torch.equal(augment.finish(pixels, torch.zeros_like(flips)), expected)
