@@ -256,8 +256,8 @@ def plot_answer(classifier: Classifier, answer: Answer, path: Path, samples: int
     axes[1].set_xlim(0, 1)
     axes[1].set_xlabel("probability" + (f" (± std over {answer.samples} noise samples)" if answer.mode == "average"
                                         else f" ({answer.mode} noise)"), fontsize=8)
-    axes[1].set_title(f"top-{len(names)}" + (f", top-1 changes in {answer.top1_changes} of {answer.samples}"
-                                             if answer.mode == "average" else ""), fontsize=9)
+    axes[1].set_title(f"top-{len(names)}" + (f"; top-1 in {answer.samples - answer.top1_changes} of "
+                                             f"{answer.samples} samples" if answer.mode == "average" else ""), fontsize=9)
 
     if injector is not None and injector.adds_to == "pixels":
         with ctx.autocast():
@@ -296,8 +296,8 @@ def plot_answer(classifier: Classifier, answer: Answer, path: Path, samples: int
 def describe(answer: Answer) -> str:
     """The answer for a person: a header line, then one line per class."""
     if answer.mode == "average":
-        how = (f"average over {answer.samples} noise samples; the top-1 class of {answer.top1_changes} of them "
-               "differs from this answer")
+        how = (f"average over {answer.samples} noise samples, {answer.samples - answer.top1_changes} of which "
+               "have this top-1 class")
     else:
         how = "noise mean" if answer.mode == "mean" else "one noise sample"
     width = max(len(name) for name, _, _ in answer.top_k)
