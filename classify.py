@@ -8,7 +8,7 @@ and a picture of what the noise did.
     classify(inputs, checkpoint, ...)   -> Report(answers, problems): what the command prints
     load_classifier(checkpoint, ...)    -> the checkpoint's PiNI on its CLIP, as --eval-only builds it
     image_paths(inputs)                 -> files, folders and glob patterns expanded; one problem line each
-    plot_answer(classifier, answer)     -> the picture: the image as CLIP saw it, the top-k bars with their
+    plot_answer(classifier, answer, ...)-> the picture: the image as CLIP saw it, the top-k bars with their
                                            spread, and the image noise (μ, σ maps on pixels, or its size
                                            against the image feature's, per sample)
 
@@ -27,11 +27,12 @@ import glob
 import json
 import sys
 from contextlib import redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -67,7 +68,6 @@ class Answer:
     top_k: list  # [(class name, probability, std)], most probable first
     top1_changes: int
     picture: Optional[str] = None
-    pixels: Optional[torch.Tensor] = field(default=None, repr=False)  # (3, H, W) as CLIP saw it
 
     def record(self) -> dict:
         return {"path": self.path, "inference": self.mode, "samples": self.samples, "top1_changes": self.top1_changes,
@@ -206,9 +206,10 @@ def classify(inputs, checkpoint, inference: str = "mean", samples: int = 8, top_
         best = probabilities.argsort(descending=True)[:top_k].tolist()
         answer = Answer(path, inference, len(prediction.samples),
                         [(model.classnames[c], probabilities[c].item(), std[c].item()) for c in best],
-                        int(prediction.top1_changes[0]), pixels=pixels)
+                        int(prediction.top1_changes[0]))
         if pictures is not None:
-            answer.picture = str(plot_answer(classifier, answer, Path(pictures) / _picture_name(path, names), samples))
+            answer.picture = str(plot_answer(classifier, answer, pixels, Path(pictures) / _picture_name(path, names),
+                                             samples))
         answers.append(answer)
     return Report(answers, problems)
 
@@ -229,24 +230,22 @@ def _picture_name(path: str, taken: set) -> str:
 # -----------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def plot_answer(classifier: Classifier, answer: Answer, path: Path, samples: int = 8) -> Path:
-    """One PNG: the image as CLIP saw it; the top-k probabilities with their std over the noise
-    samples; and the image noise as its injector draws it (`adds_to`): μ and σ maps over the image
-    for noise added to the pixels, or for noise added to the image feature, the size ‖ε_k‖ of K
-    sampled noises against the size ‖f_v‖ of the feature they are added to."""
-    import matplotlib
-    matplotlib.use("Agg")  # write files, never open windows
-    import matplotlib.pyplot as plt
-
+def plot_answer(classifier: Classifier, answer: Answer, pixels: torch.Tensor, path: Path, samples: int = 8) -> Path:
+    """One PNG: the image as CLIP saw it (`pixels`, (3, H, W), after the eval transform); the top-k
+    probabilities with their std over the noise samples; and the image noise as its injector draws
+    it (`adds_to`): μ and σ maps over the image for noise added to the pixels, or for noise added to
+    the image feature, the size ‖ε_k‖ of K sampled noises against the size ‖f_v‖ of that feature.
+    A bare matplotlib Figure: no pyplot state, no window, a notebook's backend left alone."""
     model, ctx = classifier.model, classifier.ctx
-    images = answer.pixels[None].to(ctx.device)  # (1, 3, H, W)
+    images = pixels[None].to(ctx.device)  # (1, 3, H, W)
     injector = model.image_injector
     panels = 2 + (0 if injector is None else 2 if injector.adds_to == "pixels" else 1)
-    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.4))
+    fig = Figure(figsize=(3.6 * panels, 3.4))
+    axes = fig.subplots(1, panels)
     cfg = model.clip.visual.preprocess_cfg
     mean, std = torch.tensor(cfg["mean"]).view(3, 1, 1), torch.tensor(cfg["std"]).view(3, 1, 1)
-    axes[0].imshow((answer.pixels.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
-    axes[0].set_title(f"as CLIP saw it ({answer.pixels.shape[-1]}×{answer.pixels.shape[-2]})", fontsize=9)
+    axes[0].imshow((pixels.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
+    axes[0].set_title(f"as CLIP saw it ({pixels.shape[-1]}×{pixels.shape[-2]})", fontsize=9)
     axes[0].axis("off")
 
     names, probabilities, spread = zip(*answer.top_k)
@@ -285,7 +284,6 @@ def plot_answer(classifier: Classifier, answer: Answer, path: Path, samples: int
     fig.suptitle(Path(answer.path).name, fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
     return path
 
 

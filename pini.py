@@ -441,9 +441,9 @@ class NoiseInjector(nn.Module):
                         image embedding (B, D), or "pixels", the input image (B, 3, H, W)
     """
     needs_images = False
-    adds_to = "feature"
     needs_patch_tokens = False
     per_class = False
+    adds_to = "feature"
     mu_part, sigma_part = "to_mu", "to_sigma"
 
     def parameters_of(self, part: str) -> list:
@@ -943,7 +943,6 @@ class PiNI(nn.Module):
         else:
             raise ValueError(f"inference mode must be one of 'sample', 'mean', 'average', not {mode!r}")
         return logits.log_softmax(-1)
-
 
     @torch.no_grad()
     def predict_with_spread(self, images: torch.Tensor, mode: str = "mean", num_samples: int = 8,

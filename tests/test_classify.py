@@ -2,9 +2,9 @@
 import json
 import pickle
 
-import matplotlib.pyplot as plt
 import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 import classify
@@ -205,14 +205,14 @@ def test_other_class_names_from_a_file(base_args, default_checkpoint, test_image
 def test_the_picture_has_its_panels(base_args, test_images, tmp_path, monkeypatch, capsys, variant, titles):
     checkpoint = trained(base_args, *variant)
     figures = []
-    close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), savefig(fig, *a, **k))[1])
     assert train.main(["--device", "cpu", "--classify", test_images[0], "--checkpoint", checkpoint,
                        "--inference", "average", "--output-dir", str(tmp_path / "pictures")]) == 0
     picture = tmp_path / "pictures" / "test_0.png"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"picture: {picture}" in capsys.readouterr().out
-    (figure,) = [f for f in figures if f is not None]
+    (figure,) = figures
     assert len(figure.axes) == len(titles)
     assert all(ax.get_title().startswith(t) for ax, t in zip(figure.axes, titles))
     bars = figure.axes[1].patches
