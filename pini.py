@@ -17,7 +17,7 @@ Read this module top to bottom, like a chapter of the paper:
                                           `PixelNoiseInjector` (variants); `IMAGE_INJECTORS`
   6. The PiNI model ................... `PiNI`  (forward -> logits for K noise samples)
   7. The objective .................... `pini_objective`, `pi_noise_information`
-  8. Inference ........................ `PiNI.predict`
+  8. Inference ........................ `PiNI.predict`, `PiNI.predict_with_spread`
 
 Notation (as in the paper): x an image, y its class, P the prompt set, ε the noise,
 μ and σ the mean and standard deviation of the noise distribution p_θ(ε | x, P),
@@ -980,6 +980,50 @@ class PiNI(nn.Module):
         else:
             raise ValueError(f"inference mode must be one of 'sample', 'mean', 'average', not {mode!r}")
         return logits.log_softmax(-1)
+
+    @torch.no_grad()
+    def predict_with_spread(self, images: torch.Tensor, mode: str = "mean", num_samples: int = 8,
+                            text_features: Optional[torch.Tensor] = None) -> "Prediction":
+        """`predict`, with what its noise samples disagree about (what `train.py --classify` prints).
+
+        The class probabilities are `predict(images, mode, num_samples).exp()`, computed the same
+        way. In "average" mode each of the K samples ε_k also gives its own q(y | x, ε_k, P); their
+        standard deviation per class (over the K, population form: 0 for K = 1) and the number of
+        samples whose top-1 class is not the averaged prediction's say how much the answer
+        depends on the draw. "mean" and "sample" use one ε: their spread is 0 by definition.
+        """
+        if mode != "average":
+            log_probs = self.predict(images, mode, num_samples, text_features=text_features).unsqueeze(0)  # (1, B, C)
+        else:
+            log_probs = self(images, num_samples).logits.log_softmax(-1)  # (K, B, C)
+        averaged = log_probs.logsumexp(0) - math.log(len(log_probs))  # (B, C), as `predict`
+        per_sample = log_probs.exp()
+        changes = (per_sample.argmax(-1) != averaged.argmax(-1)).sum(0)  # (B,)
+        return Prediction(averaged.exp(), per_sample.std(0, correction=0), changes, per_sample)
+
+    @torch.no_grad()
+    def image_noise_samples(self, images: torch.Tensor, num_samples: int = 8):
+        """What K samples of the image noise do to the image feature: (clean features (B, D),
+        noisy minus clean (K, B, D)). For a feature-level injector the difference is the sampled
+        ε_v itself; for the pixel injector it is the feature change that ε_x causes. None without
+        an image injector."""
+        if self.image_injector is None:
+            return None
+        text = self._noisy_text(num_samples, use_mean=False)[0]  # the injector reads noisy text features
+        clean = self.encode_images(images)  # (B, D)
+        noisy = self._noisy_image(images, None, text, num_samples, use_mean=False)[0]  # (K, B, D)
+        return clean, noisy - clean
+
+
+@dataclass
+class Prediction:
+    """`PiNI.predict_with_spread`: probabilities (B, C) under the inference mode; std (B, C) of each
+    class probability over the noise samples; top1_changes (B,) how many samples' top-1 class is not
+    the prediction's; samples (K, B, C) the per-sample probabilities (K = 1 outside "average")."""
+    probabilities: torch.Tensor
+    std: torch.Tensor
+    top1_changes: torch.Tensor
+    samples: torch.Tensor
 
 
 # -----------------------------------------------------------------------------------------

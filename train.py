@@ -20,25 +20,27 @@ files, every image, a checkpoint) is checked before the model loads.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
-import random
 import socket
 import sys
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
+from typing import Optional
 
 import open_clip
 import torch
 from tqdm import tqdm
 
-from experiments import datasets
+from experiments import classify, datasets, jobs
 from experiments import options
 import pini
 from experiments import published
 from experiments import report
 from experiments import runs
-from experiments.epochs import (Context, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_precision,
+from experiments.epochs import (Context, seed_everything, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_precision,
                     train_epoch, writable_output, zero_shot_accuracy)
 from experiments.jobs import (ABLATION, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of, shard,
                   tested_checkpoint, training_settings, variant_name)
@@ -49,20 +51,16 @@ def parse_args(argv=None):
     return options.parse_args(argv, description=__doc__)
 
 
-def seed_everything(seed: int):
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # -----------------------------------------------------------------------------------------
 # Running one job: restore, train, evaluate, record
 # -----------------------------------------------------------------------------------------
 
-def build_model(options, ctx: Context, split) -> pini.PiNI:
-    """PiNI on this split's classes. The template is the split's own, except when a checkpoint is
-    evaluated: its text noise was learned over its own template's tokens, so that template stays."""
-    template = getattr(options, "template", split.info.template)
-    return pini.PiNI(ctx.clip, ctx.tokenizer, split.classnames, template, options.n_ctx,
+def build_model(options, ctx: Context, split, classnames=None) -> pini.PiNI:
+    """PiNI on this split's classes (or on `classnames`, split None: a checkpoint's, for --classify).
+    The template is the split's own, except when a checkpoint is evaluated: its text noise was
+    learned over its own template's tokens, so that template stays."""
+    template = options.template if hasattr(options, "template") else split.info.template
+    return pini.PiNI(ctx.clip, ctx.tokenizer, classnames or split.classnames, template, options.n_ctx,
                      text_noise=options.text_noise, image_noise=options.image_noise,
                      text_generator=options.text_generator, control=options.control,
                      reduction=options.reduction, pixel_level=options.pixel_level)
@@ -183,15 +181,31 @@ def run_eval(job: Job, args, ctx: Context, run_dir: Path, checkpoint: dict) -> d
     options, settings = job_options(job, args), settings_of(job, args, ctx.precision)
     path = tested_checkpoint(job, args)
     model = build_model(options, ctx, job.split)
-    if model.per_class and job.split.classnames != checkpoint["meta"]["settings"]["classnames"]:
-        raise UsageError(f"{path} holds per-class noise ({variant_name(options)}): it cannot be "
-                         "evaluated on other classes")
+    check_class_set(model, checkpoint, path, options)
     load_injectors(model, checkpoint["injectors"], path)
     trained = len(checkpoint["history"])
     if trained < options.epochs:
         tqdm.write(f"warning: {path} stopped after {trained} of {options.epochs} epochs: an unfinished run")
     return test_and_record(model, job, options, ctx, run_dir / EVAL_RESULT, settings, checkpoint["history"],
                            trained_on=checkpoint["meta"]["settings"]["dataset"], epochs_trained=trained)
+
+
+def check_class_set(model: pini.PiNI, checkpoint: dict, path, options):
+    """Per-class noise belongs to the classes it was trained on: never used with others."""
+    if model.per_class and model.classnames != checkpoint["meta"]["settings"]["classnames"]:
+        raise UsageError(f"{path} holds per-class noise ({variant_name(options)}): it cannot be "
+                         "evaluated on other classes")
+
+
+def load_context(args, checkpoint: Optional[dict], device, precision: str) -> Context:
+    """The frozen CLIP of this call, with its transforms: the command line's, or a checkpoint's."""
+    model, weights = args.model, args.pretrained
+    if checkpoint:  # the CLIP its injectors were trained with, whatever the command line says
+        model, weights = checkpoint["meta"]["settings"]["model"], checkpoint["meta"]["settings"]["pretrained"]
+        if (model, weights) != (args.model, args.pretrained):
+            tqdm.write(f"evaluating with the checkpoint's CLIP: --model {model} --pretrained {weights}")
+    torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
+    return Context(*pini.load_clip(model, weights, device), device=device, precision=precision)
 
 
 def run_zero_shot(job: Job, args, ctx: Context, run_dir: Path) -> dict:
@@ -233,6 +247,27 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, epoch: int,
     runs.save_checkpoint(path, {"injectors": injector_state(model), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                                 "epoch": epoch, "history": runs.plain(history), "meta": runs.plain(meta)})
+
+
+def load_classifier(checkpoint: str, classes: Optional[str] = None, device: str = "auto",
+                    precision: str = "auto") -> classify.Classifier:
+    """The checkpoint's PiNI as --eval-only builds it: its CLIP (model and weights), injectors,
+    template and class names (or those of the `classes` file, where the injectors allow it)."""
+    device = pick_device(device)
+    precision = resolve_precision(precision, device)
+    state = runs.load_checkpoint(checkpoint, device)  # safe: tensors and plain values only
+    trained = state["meta"]["settings"]
+    classnames = classify.read_classes(classes) if classes else trained["classnames"]
+    options = argparse.Namespace(**jobs.checkpoint_overrides(state))  # its own CLIP, injectors, template
+    with redirect_stdout(sys.stderr):  # progress lines never mix with the answers (--json)
+        ctx = load_context(options, state, device, precision)
+        model = build_model(options, ctx, None, classnames)
+        check_class_set(model, state, checkpoint, options)
+        load_injectors(model, state["injectors"], checkpoint)
+        if len(state["history"]) < trained["epochs"]:
+            print(f"warning: {checkpoint} stopped after {len(state['history'])} of {trained['epochs']} epochs: "
+                  "an unfinished run")
+    return classify.Classifier(model.eval(), ctx, str(checkpoint), trained["seed"])
 
 
 def load_injectors(model: pini.PiNI, state: dict, path):
@@ -280,6 +315,8 @@ def plot_noise(model: pini.PiNI, test_loader, device, path: Path):
 # -----------------------------------------------------------------------------------------
 
 def run(args) -> list:
+    if args.classify:  # your own images, through a trained checkpoint (experiments/classify.py)
+        return classify.run(args, load_classifier(args.checkpoint, args.classes, args.device, args.precision))
     out = writable_output(Path(args.output_dir))
     if args.summarize:  # no model, no data: tables from the records alone
         write_reports(out)
@@ -291,17 +328,11 @@ def run(args) -> list:
     if args.shard:
         jobs = shard(jobs, *args.shard, args)
     check_images(jobs)
-    model, weights = args.model, args.pretrained
-    if checkpoint:  # the CLIP its injectors were trained with, whatever the command line says
-        model, weights = checkpoint["meta"]["settings"]["model"], checkpoint["meta"]["settings"]["pretrained"]
-        if (model, weights) != (args.model, args.pretrained):
-            tqdm.write(f"evaluating with the checkpoint's CLIP: --model {model} --pretrained {weights}")
-    torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
-    ctx = Context(*pini.load_clip(model, weights, device), device=device, precision=precision)
+    ctx = load_context(args, checkpoint, device, precision)
     misfits = [j for j in jobs if j.kind == "train" and not pini.fits(ctx.clip, job_options(j, args).image_noise)]
     if any(not j.ablation for j in misfits):
         raise UsageError(f"--image-noise {args.image_noise} needs a ViT image tower (patch tokens); "
-                         f"{model} has a {type(ctx.clip.visual).__name__}")
+                         f"{args.model} has a {type(ctx.clip.visual).__name__}")
 
     results = []
     for job in jobs:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +27,12 @@ from experiments.runs import UsageError
 # -----------------------------------------------------------------------------------------
 # The machine: device, precision, output folder
 # -----------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int):
+    """Seed Python's and torch's generators: the few-shot draw, the injectors' initial values and the noise."""
+    random.seed(seed)
+    torch.manual_seed(seed)
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":

@@ -172,8 +172,14 @@ def eval_job(split: datasets.Split, checkpoint: dict, args) -> Job:
         raise UsageError(f"{args.checkpoint} was trained on {trained['dataset']}'s {len(trained['classnames'])} "
                          f"classes, not on {split.info.name}'s {len(split.classnames)}: add --transfer to "
                          "evaluate it on other classes")
-    overrides = {key: trained[key] for key in MODEL_KEYS + ("epochs",)}
-    return Job("eval", split, trained["shots"], trained["seed"], checkpoint["meta"].get("ablation", ""), overrides)
+    return Job("eval", split, trained["shots"], trained["seed"], checkpoint["meta"].get("ablation", ""),
+               checkpoint_overrides(checkpoint))
+
+
+def checkpoint_overrides(checkpoint: dict) -> dict:
+    """What a checkpoint fixes of the command line: its CLIP, injectors, template, shots, seed, epochs."""
+    trained = checkpoint["meta"]["settings"]
+    return {key: trained[key] for key in MODEL_KEYS + ("epochs",)}
 
 
 def dataset_arg(split: datasets.Split) -> str:

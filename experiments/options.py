@@ -63,9 +63,11 @@ def _joined_negative_values(argv) -> list:
 def parse_args(argv=None, description: str = "") -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    for add_options in (_data_options, _model_options, _objective_options, _optimisation_options, _run_options):
+    for add_options in (_data_options, _model_options, _objective_options, _optimisation_options, _run_options,
+                        _classify_options):
         add_options(p)
     args = p.parse_args(_joined_negative_values(sys.argv[1:] if argv is None else argv))
+    args.output_dir_given = args.output_dir != p.get_default("output_dir")  # --classify: else next to the checkpoint
     args.started = time.time()  # results older than this call are what --force replaces
     for problem in _inconsistencies(args):
         p.error(problem)
@@ -179,13 +181,31 @@ def _run_options(p):
                      help="only rebuild every summary and ablation table from the results in --output-dir")
 
 
+def _classify_options(p):
+    classify = p.add_argument_group("classify your own images (see classify.py)")
+    classify.add_argument("--classify", nargs="+", metavar="IMAGE",
+                          help="image files, folders of images or glob patterns ('photos/*.jpg'), classified by "
+                               "--checkpoint under --inference; prints the top-k classes and writes a picture "
+                               "per image (next to the checkpoint, or under --output-dir when given)")
+    classify.add_argument("--top-k", type=positive_int, default=5, help="classes printed per image")
+    classify.add_argument("--classes", metavar="FILE",
+                          help="class names, one per line, instead of the checkpoint's (not with per-class noise)")
+    classify.add_argument("--json", action="store_true", help="print the answers as JSON")
+
+
 def _inconsistencies(args) -> list:
     """Problems no single flag shows, one message each."""
     problems = []
     if args.eval_only and not args.checkpoint:
         problems.append("--eval-only needs --checkpoint path/to/checkpoint.pt")
-    if (args.checkpoint or args.transfer) and not args.eval_only:
-        problems.append("--checkpoint and --transfer belong to --eval-only (to continue a run, use --resume)")
+    if args.classify and (not args.checkpoint or args.eval_only or args.transfer):
+        problems.append("--classify needs --checkpoint path/to/checkpoint.pt, without --eval-only or --transfer "
+                        "(--classes FILE gives other class names)")
+    elif (args.checkpoint or args.transfer) and not (args.eval_only or args.classify):
+        problems.append("--checkpoint and --transfer belong to --eval-only or --classify (to continue a run, use "
+                        "--resume)")
+    if (args.classes or args.json) and not args.classify:
+        problems.append("--classes and --json belong to --classify")
     if args.zero_shot and args.ablation:
         problems.append("--ablation trains every variant (its zero-shot row included); drop --zero-shot")
     if args.ablation and (args.text_noise, args.text_generator, args.image_noise, args.control) != (

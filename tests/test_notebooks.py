@@ -8,7 +8,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 RUNNABLE = ["01_positive_incentive_noise", "02_from_information_to_loss", "03_injectors", "04_training",
-            "05_solutions", "06_is_it_the_noise"]
+            "05_solutions", "06_is_it_the_noise", "07_classify_your_images"]
 N_EXERCISES = 7
 
 
