@@ -105,6 +105,10 @@ def _model_options(p):
     model.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json path")
     model.add_argument("--pretrained", default="openai",
                        help="open_clip pretrained tag, local checkpoint file, or 'none' (random weights)")
+    model.add_argument("--activation", choices=pini.ACTIVATIONS, default="auto",
+                       help="MLP activation of CLIP's towers: auto = what the weights were trained with (an "
+                            "open_clip tag's metadata: QuickGELU for OpenAI's; a checkpoint file's own record), "
+                            "or gelu / quick-gelu (for a file that records none)")
     model.add_argument("--text-noise", choices=pini.TEXT_NOISE, default="tokens",
                        help="where text noise enters: the prompt's context-token embeddings (the paper's "
                             "PiNI), each class's text feature, or nowhere")

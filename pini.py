@@ -48,6 +48,8 @@ import math
 import os
 import pickle
 import socket
+import sys
+import warnings
 from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +73,8 @@ class WeightsUnavailable(RuntimeError):
     """Pretrained weights could not be fetched (e.g. no internet): the message says what to do."""
 
 
-def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", device="cpu"):
+def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", device="cpu",
+              activation: str = "auto"):
     """Create a frozen open_clip CLIP, its tokenizer and its train/eval image transforms.
 
     Args:
@@ -80,6 +83,8 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
         pretrained: an open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...), the path
             of a local checkpoint file, or None / "none" for random weights (tests, CPU coursework).
         device: where to put the model.
+        activation: the MLP activation of both towers — "auto" (the one the weights were trained
+            with: see `clip_activation`), "gelu" or "quick-gelu".
 
     Returns:
         (clip, tokenizer, train_transform, eval_transform). `clip` is in eval mode and no
@@ -92,10 +97,14 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
     """
     name = _resolve_model_name(model)
     weights = _resolve_pretrained(name, pretrained)
+    quick_gelu = clip_activation(name, weights, activation) == "quick-gelu"
     if weights is not None and not os.path.isfile(weights):
         _check_weights_reachable(name, weights)
     try:
-        clip, _, eval_transform = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
+        with warnings.catch_warnings():  # open_clip compares the tag with the config before our override
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+            clip, _, eval_transform = open_clip.create_model_and_transforms(
+                name, pretrained=weights, device=device, **_activation_arguments(name, quick_gelu))
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as error:
         if weights is not None and os.path.isfile(weights):  # a local file that is not CLIP weights for `name`
             reason = ("not a file of tensors that loads safely" if isinstance(error, pickle.UnpicklingError)
@@ -116,6 +125,81 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
     clip.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name)
     return clip, tokenizer, train_transform(clip.visual.preprocess_cfg), eval_transform
+
+
+ACTIVATIONS = ("auto", "gelu", "quick-gelu")
+
+
+def clip_activation(name: str, weights: Optional[str], activation: str = "auto") -> str:
+    """The MLP activation ("gelu" or "quick-gelu") of the CLIP that `load_clip` builds.
+
+    Weights only give the network they were trained with if the architecture around them is that
+    network. OpenAI's CLIP uses QuickGELU, x·σ(1.702x), not GELU; open_clip's plain "ViT-B-16"
+    config uses GELU, and loading OpenAI's weights into it runs a different function (open_clip
+    only warns). So the activation comes from where the weights come from:
+
+      a tag       its metadata (`open_clip.get_pretrained_cfg(name, tag)["quick_gelu"]`); asking
+                  for the other activation is refused, naming both;
+      a file      `activation` if given, else the file's own record (a "quick_gelu" entry of a
+                  checkpoint dict, or of a .safetensors file's metadata), else the model config's,
+                  with a warning; a flag that contradicts the file's record is refused;
+      no weights  `activation` if given, else the model config's.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
+    config = "quick-gelu" if (open_clip.get_model_config(name) or {}).get("quick_gelu") else "gelu"
+    if weights is None:
+        return config if activation == "auto" else activation
+    if not os.path.isfile(weights):  # an open_clip tag
+        tagged = "quick-gelu" if open_clip.get_pretrained_cfg(name, weights).get("quick_gelu") else "gelu"
+        if activation not in ("auto", tagged):
+            raise ValueError(f"--activation {activation}: the {weights!r} weights of {name} were trained with "
+                             f"{tagged} (open_clip's tag metadata); a {activation} network would compute a "
+                             "different function with them")
+        return tagged
+    recorded = _recorded_activation(weights)
+    if activation != "auto":
+        if recorded not in (None, activation):
+            raise ValueError(f"--activation {activation}, but {weights} records that its weights were trained "
+                             f"with {recorded}")
+        return activation
+    if recorded is not None:
+        return recorded
+    print(f"warning: {weights} does not record its activation: building {name} with {config} (its model "
+          "config's). OpenAI's CLIP weights need --activation quick-gelu", file=sys.stderr)
+    return config
+
+
+def _recorded_activation(path: str) -> Optional[str]:
+    """The activation a checkpoint file records about itself, or None (see `clip_activation`)."""
+    value = None
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            with safe_open(path, framework="pt") as f:
+                value = (f.metadata() or {}).get("quick_gelu")
+            value = None if value is None else value.lower() in ("1", "true", "yes")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            value = state.get("quick_gelu") if isinstance(state, dict) else None
+    except Exception:  # not readable here: load_clip reports what open_clip makes of the file
+        return None
+    return None if value is None else "quick-gelu" if value else "gelu"
+
+
+def _activation_arguments(name: str, quick_gelu: bool) -> dict:
+    """open_clip's arguments that build `name` with (or without) QuickGELU."""
+    if quick_gelu:
+        return {"force_quick_gelu": True}
+    if (open_clip.get_model_config(name) or {}).get("quick_gelu"):
+        return {"quick_gelu": False}  # a "-quickgelu" config with GELU weights: override the config
+    return {}
+
+
+def activation_of(clip) -> str:
+    """"quick-gelu" or "gelu": the activation the built CLIP's text-tower MLPs use."""
+    return "quick-gelu" if any(isinstance(m, open_clip.transformer.QuickGELU) for m in clip.transformer.modules()) \
+        else "gelu"
 
 
 def _resolve_model_name(model: str) -> str:

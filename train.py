@@ -290,13 +290,15 @@ def run(args) -> list:
     if args.shard:
         jobs = shard(jobs, *args.shard, args)
     check_images(jobs)
-    model, weights = args.model, args.pretrained
+    model, weights, activation = args.model, args.pretrained, args.activation
     if checkpoint:  # the CLIP its injectors were trained with, whatever the command line says
-        model, weights = checkpoint["meta"]["settings"]["model"], checkpoint["meta"]["settings"]["pretrained"]
+        trained = checkpoint["meta"]["settings"]
+        model, weights, activation = trained["model"], trained["pretrained"], trained.get("activation", "auto")
         if (model, weights) != (args.model, args.pretrained):
             tqdm.write(f"evaluating with the checkpoint's CLIP: --model {model} --pretrained {weights}")
     torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
-    ctx = Context(*pini.load_clip(model, weights, device), device=device, precision=precision)
+    ctx = Context(*pini.load_clip(model, weights, device, activation), device=device, precision=precision)
+    args.activation = pini.activation_of(ctx.clip)  # part of every run's settings: the network that ran
     misfits = [j for j in jobs if j.kind == "train" and not pini.fits(ctx.clip, job_options(j, args).image_noise)]
     if any(not j.ablation for j in misfits):
         raise UsageError(f"--image-noise {args.image_noise} needs a ViT image tower (patch tokens); "

@@ -318,3 +318,12 @@ def test_test_only_sets_are_for_evaluation(base_args, tmp_path, capsys):
     result = json.loads(open(f"{out}/imagenet_sketch/shots_2/seed_1/eval.json").read())
     assert result["n_train"] == 0 and result["n_test"] == 4 and result["history"]  # the trained run's history
     assert result["trained_on"] == "Caltech101" and result["kind"] == "eval"
+
+
+def test_a_run_made_with_the_other_activation_is_not_reused(base_args, capsys):
+    args = base_args + ["--dataset", "caltech101", "--shots", "1", "--epochs", "1"]
+    assert train.main(args + ["--activation", "gelu"]) == 0
+    assert read_result(base_args, shots=1)["settings"]["activation"] == "gelu"
+    capsys.readouterr()
+    assert train.main(args + ["--activation", "quick-gelu"]) == 2
+    assert "activation: gelu → quick-gelu" in capsys.readouterr().err
