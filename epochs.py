@@ -182,9 +182,9 @@ def evaluate(model: pini.PiNI, test_loader, ctx: Context, mode: str, samples: in
 def zero_shot_accuracy(ctx: Context, classnames, template: str, test_loader) -> float:
     """CLIP's zero-shot accuracy (%) with one hand-crafted prompt per class (e.g. 'a photo of a {}.')."""
     with ctx.autocast():
-        text = ctx.clip.encode_text(ctx.tokenizer([template.format(c) for c in classnames]).to(ctx.device),
-                                    normalize=True)  # (C, D)
-    return top1(lambda images: ctx.clip.encode_image(images, normalize=True) @ text.T, test_loader, ctx, "zero-shot")
+        text = ctx.clip.encode_text(ctx.tokenizer([template.format(c) for c in classnames]).to(ctx.device))  # (C, D)
+    return top1(lambda images: pini.cosine_logits(ctx.clip.encode_image(images), text, ctx.clip.logit_scale),
+                test_loader, ctx, "zero-shot")  # the cosine in fp32: near-tied classes keep their order
 
 
 # Opt-in protocol option (--cache-views V): the image tower is frozen and the feature-level noise

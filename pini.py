@@ -493,15 +493,24 @@ class Gaussian:
         return mu + self.sigma * torch.randn_like(mu)
 
 
+KL_SIGMA_FLOOR = 1e-2  # δ / s: the smallest σ the KL term sees (see gaussian_kl)
+
+
 def gaussian_kl(noise: Gaussian, prior_std: float = 1.0) -> torch.Tensor:
     """KL( N(μ, diag σ²) ‖ N(0, s² I) ) in closed form, s = prior_std               (Eq. 8)
 
         KL = Σ_j [ log(s / σ_j) + (σ_j² + μ_j²) / (2 s²) − 1/2 ]
 
     summed over the noise dimensions j and averaged over the leading `batch_dims`.
-    σ is clamped away from 0 so that a collapsed σ gives a large, finite penalty.
+
+    The floor (this project's own, not the authors' — their code has no KL): the injectors make
+    σ = |Linear(·)|, which passes through 0, where −log σ and its gradient −1/σ explode (a tiny
+    CLIP at lr 1e-3, β = 1 reaches NaN within 20 steps). The KL therefore reads σ as
+    σ̃ = √(σ² + δ²), δ = KL_SIGMA_FLOOR · s: equal to σ up to δ²/(2σ) where σ ≫ δ, at least δ, and
+    its −log σ̃ has a gradient of at most 1/(2δ). The noise itself is still drawn with σ.
     """
-    sigma = noise.sigma.float().clamp_min(1e-8)
+    floor = KL_SIGMA_FLOOR * prior_std
+    sigma = (noise.sigma.float().square() + floor**2).sqrt()
     mu = noise.mu.float()
     kl = math.log(prior_std) - sigma.log() + (sigma.square() + mu.square()) / (2 * prior_std**2) - 0.5
     per_example = kl.flatten(noise.batch_dims).sum(-1) if noise.batch_dims else kl.sum()
@@ -980,11 +989,9 @@ class PiNI(nn.Module):
         if text_features is None:
             text_features, text_noise = self._noisy_text(K, use_mean)  # (K or 1, C, D)
         image, image_noise = self._noisy_image(images, image_features, text_features, K, use_mean)
-        image = F.normalize(image, dim=-1)
-        text = F.normalize(text_features, dim=-1)
         if image.dim() == 2:
             image = image.unsqueeze(0)  # (1, B, D)
-        logits = self.clip.logit_scale.exp() * image @ text.transpose(1, 2)  # (K', B, C)
+        logits = cosine_logits(image, text_features, self.clip.logit_scale)  # (K', B, C), float32
         noise = {name: n for name, n in (("text", text_noise), ("image", image_noise)) if n is not None}
         return PiNIOutput(logits.expand(K, -1, -1), noise)
 
@@ -1023,6 +1030,18 @@ class PiNI(nn.Module):
         else:
             raise ValueError(f"inference mode must be one of 'sample', 'mean', 'average', not {mode!r}")
         return logits.log_softmax(-1)
+
+
+def cosine_logits(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """exp(logit_scale) · cos(image, text), in float32 whatever autocast is on.
+
+    image (..., B, D), text (..., C, D) -> (..., B, C). Under fp16/bf16 autocast the product
+    would be rounded to 8 (bf16) or 11 (fp16) significant bits: logits 100·cos in [16, 64) fall
+    on steps of 0.125–0.25 in bf16, so near-tied classes tie or swap and the argmax changes
+    (tests/test_precision.py). The towers may run in low precision; the answer is read in fp32."""
+    with torch.autocast(image.device.type, enabled=False):
+        image, text = F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+        return logit_scale.float().exp() * image @ text.transpose(-1, -2)
 
 
 # -----------------------------------------------------------------------------------------
