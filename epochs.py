@@ -153,10 +153,14 @@ def training_loader(items, options, ctx: Context) -> tuple:
 
 
 def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr: float) -> float:
-    """Dassl's schedule: a constant warm-up lr, then cosine annealing over all epochs."""
+    """Dassl's schedule, as the authors' config builds it and Dassl steps it (once per epoch):
+    ConstantWarmupScheduler around CosineAnnealingLR(T_max = epochs), WARMUP_RECOUNT = True.
+    The first W epochs train at the warm-up lr; the cosine then starts counting from 0, so epoch
+    e ≥ W trains at lr · ½(1 + cos(π (e − W) / E)): the full lr at epoch W, and the last epoch
+    at ½(1 + cos(π (E − 1 − W) / E)) of it, not 0 (tests/test_dassl_loop.py)."""
     if epoch < warmup_epochs:
         return warmup_lr / lr
-    return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
 
 
 def top1(scores, test_loader, ctx: Context, desc: str) -> float:
