@@ -47,6 +47,8 @@ def pick_device(name: str) -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "authors-fp16" and device.type != "cuda":
+        print("warning: --precision authors-fp16 on the CPU: fp16 arithmetic is slow here", file=sys.stderr)
     if precision == "fp16" and device.type != "cuda":
         raise UsageError("--precision fp16 needs a GPU; on the CPU use fp32 or bf16")
     return precision
@@ -63,7 +65,11 @@ def writable_output(path: Path) -> Path:
     return path
 
 
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "authors-fp16": None}
+# "authors-fp16" is the authors' PREC: fp16 — CLIP and both injectors stored in fp16, SGD updating
+# fp16 parameters and fp16 momentum buffers, no autocast, no GradScaler. An update lr·grad below
+# half of fp16's spacing (≈1.5e-5 near 0.02) is rounded away (tests/test_precision.py).
+PARAMETER_DTYPE = {"authors-fp16": torch.float16}
 
 
 @dataclass
@@ -79,6 +85,16 @@ class Context:
     @property
     def amp_dtype(self):
         return AUTOCAST[self.precision]
+
+    @property
+    def param_dtype(self):
+        """The dtype CLIP's and the injectors' parameters are stored in: None = as built (fp32)."""
+        return PARAMETER_DTYPE.get(self.precision)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Images or features on the device, in the parameters' dtype (the authors' images.type(dtype))."""
+        dtype = self.param_dtype if self.param_dtype is not None and x.is_floating_point() else x.dtype
+        return x.to(self.device, dtype=dtype, non_blocking=True)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -168,7 +184,7 @@ def top1(scores, test_loader, ctx: Context, desc: str) -> float:
     correct = total = 0
     for images, labels in tqdm(test_loader, desc=desc, leave=False, dynamic_ncols=True):
         with torch.no_grad(), ctx.autocast():
-            predicted = scores(images.to(ctx.device)).argmax(-1).cpu()
+            predicted = scores(ctx.inputs(images)).argmax(-1).cpu()
         correct += (predicted == labels).sum().item()
         total += len(labels)
     return 100.0 * correct / total
@@ -208,7 +224,7 @@ def view_features(model: pini.PiNI, items, transform, options, ctx: Context) -> 
         for view in range(options.cache_views):  # view v: augmentation seeded by v, the same for every run
             batches = loader(missing, transform, options.test_batch_size, options.workers, seed=view)
             with ctx.autocast():
-                views.append(torch.cat([model.encode_images(images.to(ctx.device)).float().cpu()
+                views.append(torch.cat([model.encode_images(ctx.inputs(images)).float().cpu()
                                         for images, _ in tqdm(batches, desc=f"caching view {view + 1}",
                                                               leave=False, dynamic_ncols=True)]))
         for item, features in zip(missing, torch.stack(views, dim=1)):
@@ -251,8 +267,8 @@ def train_epoch(model, batches, optimizer, scaler, options, ctx: Context) -> dic
     model.train()
     started, total_loss, correct, seen = time.time(), 0.0, 0, 0
     for images, features, labels in batches:
-        images = images.to(ctx.device, non_blocking=True) if images is not None else None
-        features = features.to(ctx.device, non_blocking=True) if features is not None else None
+        images = ctx.inputs(images) if images is not None else None
+        features = ctx.inputs(features) if features is not None else None
         labels = labels.to(ctx.device, non_blocking=True)
         with ctx.autocast():
             output = model(images, num_samples=options.noise_samples, image_features=features)

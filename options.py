@@ -147,8 +147,10 @@ def _optimisation_options(p):
     optim.add_argument("--cache-views", type=count, default=0, metavar="V",
                        help="protocol option (off by default): encode V augmented views of each training "
                             "image once and reuse them every epoch (feature-level injectors only)")
-    optim.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                       help="autocast precision; auto = fp16 on CUDA (as the authors), fp32 on CPU")
+    optim.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "authors-fp16"], default="auto",
+                       help="autocast precision (parameters stay fp32, logits fp32); auto = fp16 on CUDA, fp32 on "
+                            "CPU. authors-fp16: the authors' numerics — CLIP and injectors stored in fp16, SGD on "
+                            "fp16 parameters and momentum, no GradScaler")
     optim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 

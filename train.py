@@ -73,6 +73,8 @@ def run_training(job: Job, args, ctx: Context, run_dir: Path) -> dict:
     options, settings = job_options(job, args), settings_of(job, args, ctx.precision)
     seed_everything(job.seed)
     model = build_model(options, ctx, job.split)
+    if ctx.param_dtype is not None:
+        model.to(ctx.param_dtype)  # authors-fp16: the injectors in fp16 too (their .to(clip_model.dtype))
     if job.new_split and model.per_class:
         raise UsageError(f"{variant_name(options)} learns noise per training class: it cannot be tested on new "
                          "classes (--protocol base2new); use the default injectors")
@@ -252,7 +254,7 @@ def load_injectors(model: pini.PiNI, state: dict, path):
 @torch.no_grad()
 def plot_noise(model: pini.PiNI, test_loader, device, path: Path):
     """What the injectors learned, on a few test images (report.plot_noise, report.plot_noise_maps)."""
-    images = next(iter(test_loader))[0][:4].to(device)
+    images = next(iter(test_loader))[0][:4].to(device, dtype=next(model.clip.parameters()).dtype)
     noise = model(images, use_mean=True).noise
     panels = {}
     for name, gaussian in noise.items():
@@ -298,7 +300,9 @@ def run(args) -> list:
             tqdm.write(f"evaluating with the checkpoint's CLIP: --model {model} --pretrained {weights}")
     torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
     ctx = Context(*pini.load_clip(model, weights, device, activation), device=device, precision=precision)
-    args.activation = pini.activation_of(ctx.clip)  # part of every run's settings: the network that ran
+    args.activation = pini.activation_of(ctx.clip)
+    if ctx.param_dtype is not None:
+        ctx.clip.to(ctx.param_dtype)  # the authors' clip.build_model keeps CLIP in fp16  # part of every run's settings: the network that ran
     misfits = [j for j in jobs if j.kind == "train" and not pini.fits(ctx.clip, job_options(j, args).image_noise)]
     if any(not j.ablation for j in misfits):
         raise UsageError(f"--image-noise {args.image_noise} needs a ViT image tower (patch tokens); "

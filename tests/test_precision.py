@@ -87,3 +87,30 @@ def test_the_kl_term_stays_finite_for_400_steps(tiny_vit, beta, amp):
         optimizer.step()
         assert torch.isfinite(loss), f"step {step}: loss {loss.item()}"
     assert all(torch.isfinite(p).all() for p in model.trainable_parameters())
+
+
+@pytest.mark.parametrize("precision, kept", [("fp32", True), ("authors-fp16", False)])
+def test_an_update_below_fp16_resolution_is_lost_only_in_the_authors_mode(tiny_vit, precision, kept):
+    """One SGD step at the warm-up lr 1e-5 on the text noise μ (≈ 0.02, where fp16's spacing is
+    1.5e-5): lr·grad ≈ 1e-7 is far below half that spacing, so fp16 parameters do not move,
+    while fp32 parameters (spacing 1.9e-9) do."""
+    import argparse
+    clip, tokenizer, _, _ = tiny_vit
+    ctx = epochs.Context(copy.deepcopy(clip), tokenizer, None, None, torch.device("cpu"), precision)
+    torch.manual_seed(0)
+    model = pini.PiNI(ctx.clip, tokenizer, ["cat", "dog", "car", "x"], image_noise="none")
+    if ctx.param_dtype is not None:
+        ctx.clip.to(ctx.param_dtype)
+        model.to(ctx.param_dtype)
+    mu = model.text_injector.mu
+    before = mu.detach().clone()
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=1e-5, momentum=0.9, weight_decay=5e-4)
+    options = argparse.Namespace(noise_samples=1, ce_weight=1.0, kl_weight=0.0, prior_std=1.0)
+    batches = [(None, torch.randn(8, 24), torch.arange(8) % 4)]
+    epochs.train_epoch(model, batches, optimizer, None, options, ctx)
+    assert mu.dtype == (torch.float32 if kept else torch.float16)
+    assert optimizer.state[mu]["momentum_buffer"].dtype == mu.dtype
+    large = before.float().abs() >= 2**-7  # |μ| ≥ 0.0078: fp16 spacing ≥ 7.6e-6 (smaller |μ| have finer steps)
+    assert large.float().mean() > 0.5
+    changed = (mu.detach() != before)[large].float().mean().item()
+    assert changed > 0.9 if kept else changed == 0.0, changed
