@@ -49,6 +49,8 @@ import math
 import os
 import pickle
 import socket
+import sys
+import warnings
 from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +83,8 @@ def _cuda_failure(error: BaseException) -> bool:
     return isinstance(error, (torch.OutOfMemoryError, accelerator)) or "CUDA" in str(error)
 
 
-def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", device="cpu"):
+def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", device="cpu",
+              activation: str = "auto"):
     """Create a frozen open_clip CLIP, its tokenizer and its train/eval image transforms.
 
     Args:
@@ -90,6 +93,8 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
         pretrained: an open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...), the path
             of a local checkpoint file, or None / "none" for random weights (tests, CPU coursework).
         device: where to put the model.
+        activation: the MLP activation of both towers — "auto" (the one the weights were trained
+            with: see `clip_activation`), "gelu" or "quick-gelu".
 
     Returns:
         (clip, tokenizer, train_transform, eval_transform). `clip` is in eval mode and no
@@ -102,10 +107,14 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
     """
     name = _resolve_model_name(model)
     weights = _resolve_pretrained(name, pretrained)
+    quick_gelu = clip_activation(name, weights, activation) == "quick-gelu"
     if weights is not None and not os.path.isfile(weights):
         _check_weights_reachable(name, weights)
     try:
-        clip, _, eval_transform = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
+        with warnings.catch_warnings():  # open_clip compares the tag with the config before our override
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+            clip, _, eval_transform = open_clip.create_model_and_transforms(
+                name, pretrained=weights, device=device, **_activation_arguments(name, quick_gelu))
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as error:
         if _cuda_failure(error):  # the weights may be fine: say what the GPU said, not "not CLIP weights"
             what = "out of GPU memory" if isinstance(error, torch.OutOfMemoryError) else "a CUDA error"
@@ -130,6 +139,81 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
     clip.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name)
     return clip, tokenizer, train_transform(clip.visual.preprocess_cfg), eval_transform
+
+
+ACTIVATIONS = ("auto", "gelu", "quick-gelu")
+
+
+def clip_activation(name: str, weights: Optional[str], activation: str = "auto") -> str:
+    """The MLP activation ("gelu" or "quick-gelu") of the CLIP that `load_clip` builds.
+
+    Weights only give the network they were trained with if the architecture around them is that
+    network. OpenAI's CLIP uses QuickGELU, x·σ(1.702x), not GELU; open_clip's plain "ViT-B-16"
+    config uses GELU, and loading OpenAI's weights into it runs a different function (open_clip
+    only warns). So the activation comes from where the weights come from:
+
+      a tag       its metadata (`open_clip.get_pretrained_cfg(name, tag)["quick_gelu"]`); asking
+                  for the other activation is refused, naming both;
+      a file      `activation` if given, else the file's own record (a "quick_gelu" entry of a
+                  checkpoint dict, or of a .safetensors file's metadata), else the model config's,
+                  with a warning; a flag that contradicts the file's record is refused;
+      no weights  `activation` if given, else the model config's.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
+    config = "quick-gelu" if (open_clip.get_model_config(name) or {}).get("quick_gelu") else "gelu"
+    if weights is None:
+        return config if activation == "auto" else activation
+    if not os.path.isfile(weights):  # an open_clip tag
+        tagged = "quick-gelu" if open_clip.get_pretrained_cfg(name, weights).get("quick_gelu") else "gelu"
+        if activation not in ("auto", tagged):
+            raise ValueError(f"--activation {activation}: the {weights!r} weights of {name} were trained with "
+                             f"{tagged} (open_clip's tag metadata); a {activation} network would compute a "
+                             "different function with them")
+        return tagged
+    recorded = _recorded_activation(weights)
+    if activation != "auto":
+        if recorded not in (None, activation):
+            raise ValueError(f"--activation {activation}, but {weights} records that its weights were trained "
+                             f"with {recorded}")
+        return activation
+    if recorded is not None:
+        return recorded
+    print(f"warning: {weights} does not record its activation: building {name} with {config} (its model "
+          "config's). OpenAI's CLIP weights need --activation quick-gelu", file=sys.stderr)
+    return config
+
+
+def _recorded_activation(path: str) -> Optional[str]:
+    """The activation a checkpoint file records about itself, or None (see `clip_activation`)."""
+    value = None
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            with safe_open(path, framework="pt") as f:
+                value = (f.metadata() or {}).get("quick_gelu")
+            value = None if value is None else value.lower() in ("1", "true", "yes")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            value = state.get("quick_gelu") if isinstance(state, dict) else None
+    except Exception:  # not readable here: load_clip reports what open_clip makes of the file
+        return None
+    return None if value is None else "quick-gelu" if value else "gelu"
+
+
+def _activation_arguments(name: str, quick_gelu: bool) -> dict:
+    """open_clip's arguments that build `name` with (or without) QuickGELU."""
+    if quick_gelu:
+        return {"force_quick_gelu": True}
+    if (open_clip.get_model_config(name) or {}).get("quick_gelu"):
+        return {"quick_gelu": False}  # a "-quickgelu" config with GELU weights: override the config
+    return {}
+
+
+def activation_of(clip) -> str:
+    """"quick-gelu" or "gelu": the activation the built CLIP's text-tower MLPs use."""
+    return "quick-gelu" if any(isinstance(m, open_clip.transformer.QuickGELU) for m in clip.transformer.modules()) \
+        else "gelu"
 
 
 def _resolve_model_name(model: str) -> str:
@@ -439,15 +523,24 @@ class Gaussian:
         return mu + self.sigma * torch.randn_like(mu)
 
 
+KL_SIGMA_FLOOR = 1e-2  # δ / s: the smallest σ the KL term sees (see gaussian_kl)
+
+
 def gaussian_kl(noise: Gaussian, prior_std: float = 1.0) -> torch.Tensor:
     """KL( N(μ, diag σ²) ‖ N(0, s² I) ) in closed form, s = prior_std               (Eq. 8)
 
         KL = Σ_j [ log(s / σ_j) + (σ_j² + μ_j²) / (2 s²) − 1/2 ]
 
     summed over the noise dimensions j and averaged over the leading `batch_dims`.
-    σ is clamped away from 0 so that a collapsed σ gives a large, finite penalty.
+
+    The floor (this project's own, not the authors' — their code has no KL): the injectors make
+    σ = |Linear(·)|, which passes through 0, where −log σ and its gradient −1/σ explode (a tiny
+    CLIP at lr 1e-3, β = 1 reaches NaN within 20 steps). The KL therefore reads σ as
+    σ̃ = √(σ² + δ²), δ = KL_SIGMA_FLOOR · s: equal to σ up to δ²/(2σ) where σ ≫ δ, at least δ, and
+    its −log σ̃ has a gradient of at most 1/(2δ). The noise itself is still drawn with σ.
     """
-    sigma = noise.sigma.float().clamp_min(1e-8)
+    floor = KL_SIGMA_FLOOR * prior_std
+    sigma = (noise.sigma.float().square() + floor**2).sqrt()
     mu = noise.mu.float()
     kl = math.log(prior_std) - sigma.log() + (sigma.square() + mu.square()) / (2 * prior_std**2) - 0.5
     per_example = kl.flatten(noise.batch_dims).sum(-1) if noise.batch_dims else kl.sum()
@@ -937,11 +1030,9 @@ class PiNI(nn.Module):
         if text_features is None:
             text_features, text_noise = self._noisy_text(K, use_mean)  # (K or 1, C, D)
         image, image_noise = self._noisy_image(images, image_features, text_features, K, use_mean)
-        image = F.normalize(image, dim=-1)
-        text = F.normalize(text_features, dim=-1)
         if image.dim() == 2:
             image = image.unsqueeze(0)  # (1, B, D)
-        logits = self.clip.logit_scale.exp() * image @ text.transpose(1, 2)  # (K', B, C)
+        logits = cosine_logits(image, text_features, self.clip.logit_scale)  # (K', B, C), float32
         noise = {name: n for name, n in (("text", text_noise), ("image", image_noise)) if n is not None}
         return PiNIOutput(logits.expand(K, -1, -1), noise)
 
@@ -1024,6 +1115,18 @@ class Prediction:
     std: torch.Tensor
     top1_changes: torch.Tensor
     samples: torch.Tensor
+
+
+def cosine_logits(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """exp(logit_scale) · cos(image, text), in float32 whatever autocast is on.
+
+    image (..., B, D), text (..., C, D) -> (..., B, C). Under fp16/bf16 autocast the product
+    would be rounded to 8 (bf16) or 11 (fp16) significant bits: logits 100·cos in [16, 64) fall
+    on steps of 0.125–0.25 in bf16, so near-tied classes tie or swap and the argmax changes
+    (tests/test_precision.py). The towers may run in low precision; the answer is read in fp32."""
+    with torch.autocast(image.device.type, enabled=False):
+        image, text = F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+        return logit_scale.float().exp() * image @ text.transpose(-1, -2)
 
 
 # -----------------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ def run_training(job: Job, args, ctx: Context, run_dir: Path) -> dict:
     options, settings = job_options(job, args), settings_of(job, args, ctx.precision)
     seed_everything(job.seed)
     model = build_model(options, ctx, job.split)
+    if ctx.param_dtype is not None:
+        model.to(ctx.param_dtype)  # authors-fp16: the injectors in fp16 too (their .to(clip_model.dtype))
     if job.new_split and model.per_class:
         raise UsageError(f"{variant_name(options)} learns noise per training class: it cannot be tested on new "
                          "classes (--protocol base2new); use the default injectors")
@@ -199,13 +201,17 @@ def check_class_set(model: pini.PiNI, checkpoint: dict, path, options):
 
 def load_context(args, checkpoint: Optional[dict], device, precision: str) -> Context:
     """The frozen CLIP of this call, with its transforms: the command line's, or a checkpoint's."""
-    model, weights = args.model, args.pretrained
+    model, weights, activation = args.model, args.pretrained, getattr(args, "activation", "auto")
     if checkpoint:  # the CLIP its injectors were trained with, whatever the command line says
-        model, weights = checkpoint["meta"]["settings"]["model"], checkpoint["meta"]["settings"]["pretrained"]
+        trained = checkpoint["meta"]["settings"]
+        model, weights, activation = trained["model"], trained["pretrained"], trained.get("activation", "auto")
         if (model, weights) != (args.model, args.pretrained):
             tqdm.write(f"evaluating with the checkpoint's CLIP: --model {model} --pretrained {weights}")
     torch.manual_seed(0)  # with --pretrained none: the same random CLIP on every call (resume, eval-only)
-    return Context(*pini.load_clip(model, weights, device), device=device, precision=precision)
+    ctx = Context(*pini.load_clip(model, weights, device, activation), device=device, precision=precision)
+    if ctx.param_dtype is not None:
+        ctx.clip.to(ctx.param_dtype)  # the authors' clip.build_model keeps CLIP in fp16
+    return ctx
 
 
 def run_zero_shot(job: Job, args, ctx: Context, run_dir: Path) -> dict:
@@ -287,7 +293,7 @@ def load_injectors(model: pini.PiNI, state: dict, path):
 @torch.no_grad()
 def plot_noise(model: pini.PiNI, test_loader, device, path: Path):
     """What the injectors learned, on a few test images (report.plot_noise, report.plot_noise_maps)."""
-    images = next(iter(test_loader))[0][:4].to(device)
+    images = next(iter(test_loader))[0][:4].to(device, dtype=next(model.clip.parameters()).dtype)
     noise = model(images, use_mean=True).noise
     panels = {}
     for name, gaussian in noise.items():
@@ -329,6 +335,7 @@ def run(args) -> list:
         jobs = shard(jobs, *args.shard, args)
     check_images(jobs)
     ctx = load_context(args, checkpoint, device, precision)
+    args.activation = pini.activation_of(ctx.clip)  # part of every run's settings: the network that ran
     misfits = [j for j in jobs if j.kind == "train" and not pini.fits(ctx.clip, job_options(j, args).image_noise)]
     if any(not j.ablation for j in misfits):
         raise UsageError(f"--image-noise {args.image_noise} needs a ViT image tower (patch tokens); "

@@ -58,6 +58,8 @@ def pick_device(name: str) -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "authors-fp16" and device.type != "cuda":
+        print("warning: --precision authors-fp16 on the CPU: fp16 arithmetic is slow here", file=sys.stderr)
     if precision == "fp16" and device.type != "cuda":
         raise UsageError("--precision fp16 needs a GPU; on the CPU use fp32 or bf16")
     if precision == "bf16" and device.type == "cuda":
@@ -80,7 +82,11 @@ def writable_output(path: Path) -> Path:
     return path
 
 
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "authors-fp16": None}
+# "authors-fp16" is the authors' PREC: fp16 — CLIP and both injectors stored in fp16, SGD updating
+# fp16 parameters and fp16 momentum buffers, no autocast, no GradScaler. An update lr·grad below
+# half of fp16's spacing (≈1.5e-5 near 0.02) is rounded away (tests/test_precision.py).
+PARAMETER_DTYPE = {"authors-fp16": torch.float16}
 
 
 @dataclass
@@ -96,6 +102,16 @@ class Context:
     @property
     def amp_dtype(self):
         return AUTOCAST[self.precision]
+
+    @property
+    def param_dtype(self):
+        """The dtype CLIP's and the injectors' parameters are stored in: None = as built (fp32)."""
+        return PARAMETER_DTYPE.get(self.precision)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Images or features on the device, in the parameters' dtype (the authors' images.type(dtype))."""
+        dtype = self.param_dtype if self.param_dtype is not None and x.is_floating_point() else x.dtype
+        return x.to(self.device, dtype=dtype, non_blocking=True)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -189,10 +205,14 @@ class TensorBatches:
 
 
 def lr_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float, lr: float) -> float:
-    """Dassl's schedule: a constant warm-up lr, then cosine annealing over all epochs."""
+    """Dassl's schedule, as the authors' config builds it and Dassl steps it (once per epoch):
+    ConstantWarmupScheduler around CosineAnnealingLR(T_max = epochs), WARMUP_RECOUNT = True.
+    The first W epochs train at the warm-up lr; the cosine then starts counting from 0, so epoch
+    e ≥ W trains at lr · ½(1 + cos(π (e − W) / E)): the full lr at epoch W, and the last epoch
+    at ½(1 + cos(π (E − 1 − W) / E)) of it, not 0 (tests/test_dassl_loop.py)."""
     if epoch < warmup_epochs:
         return warmup_lr / lr
-    return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
 
 
 def top1(scores, test_loader, ctx: Context, desc: str) -> float:
@@ -201,7 +221,7 @@ def top1(scores, test_loader, ctx: Context, desc: str) -> float:
     correct, total = torch.zeros((), dtype=torch.long, device=ctx.device), 0
     for images, labels in tqdm(test_loader, desc=desc, leave=False, dynamic_ncols=True):
         with torch.no_grad(), ctx.autocast():
-            predicted = scores(images.to(ctx.device, non_blocking=True)).argmax(-1)
+            predicted = scores(ctx.inputs(images)).argmax(-1)
         correct += (predicted == labels.to(ctx.device, non_blocking=True)).sum()
         total += len(labels)
     return 100.0 * correct.item() / total
@@ -228,9 +248,9 @@ def zero_shot_accuracy(ctx: Context, classnames, template: str, test_loader) -> 
 def zero_shot_scores(ctx: Context, classnames, template: str):
     """scores(images) -> (B, C) cosine similarities of zero-shot CLIP, the class prompts encoded once."""
     with ctx.autocast():
-        text = ctx.clip.encode_text(ctx.tokenizer([template.format(c) for c in classnames]).to(ctx.device),
-                                    normalize=True)  # (C, D)
-    return lambda images: ctx.clip.encode_image(images, normalize=True) @ text.T
+        text = ctx.clip.encode_text(ctx.tokenizer([template.format(c) for c in classnames]).to(ctx.device))  # (C, D)
+    # the cosine in fp32 (pini.cosine_logits): near-tied classes keep their order under autocast
+    return lambda images: pini.cosine_logits(ctx.clip.encode_image(images), text, ctx.clip.logit_scale)
 
 
 # Opt-in protocol option (--cache-views V): the image tower is frozen and the feature-level noise
@@ -251,7 +271,7 @@ def view_features(model: pini.PiNI, items, transform, options, ctx: Context) -> 
             batches = loader(missing, transform, options.test_batch_size, options.workers, seed=view,
                              device=ctx.device)
             with ctx.autocast():
-                views.append(torch.cat([model.encode_images(images.to(ctx.device)).float().cpu()
+                views.append(torch.cat([model.encode_images(ctx.inputs(images)).float().cpu()
                                         for images, _ in tqdm(batches, desc=f"caching view {view + 1}",
                                                               leave=False, dynamic_ncols=True)]))
         for item, features in zip(missing, torch.stack(views, dim=1)):
@@ -321,8 +341,8 @@ def train_epoch(model, batches, optimizer, scaler, options, ctx: Context, check_
     started, seen = time.time(), 0
     sums = torch.zeros(2, device=ctx.device)  # (Σ loss · batch size, Σ correct)
     for step, (images, features, labels) in enumerate(batches, 1):
-        images = images.to(ctx.device, non_blocking=True) if images is not None else None
-        features = features.to(ctx.device, non_blocking=True) if features is not None else None
+        images = ctx.inputs(images) if images is not None else None
+        features = ctx.inputs(features) if features is not None else None
         labels = labels.to(ctx.device, non_blocking=True)
         try:
             loss, correct = train_step(model, images, features, labels, optimizer, scaler, options, ctx)

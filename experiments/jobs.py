@@ -230,7 +230,8 @@ def settings_of(job: Job, args, precision: str) -> dict:
     common = {"kind": job.kind, "protocol": job.protocol, "dataset": split.info.name, "classnames": split.classnames,
               "new_classnames": job.new_split.classnames if job.new_split else None,
               "split": split.record(),
-              "model": options.model, "pretrained": options.pretrained, "precision": precision}
+              "model": options.model, "pretrained": options.pretrained, "precision": precision,
+              "activation": getattr(options, "activation", "auto")}  # the built network's, set by train.run
     if job.kind == "zero-shot":
         return runs.plain({**common, "template": split.info.zero_shot})
     options.template = getattr(options, "template", split.info.template)  # eval: the checkpoint's

@@ -107,6 +107,10 @@ def _model_options(p):
     model.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config .json path")
     model.add_argument("--pretrained", default="openai",
                        help="open_clip pretrained tag, local checkpoint file, or 'none' (random weights)")
+    model.add_argument("--activation", choices=pini.ACTIVATIONS, default="auto",
+                       help="MLP activation of CLIP's towers: auto = what the weights were trained with (an "
+                            "open_clip tag's metadata: QuickGELU for OpenAI's; a checkpoint file's own record), "
+                            "or gelu / quick-gelu (for a file that records none)")
     model.add_argument("--text-noise", choices=pini.TEXT_NOISE, default="tokens",
                        help="where text noise enters: the prompt's context-token embeddings (the paper's "
                             "PiNI), each class's text feature, or nowhere")
@@ -145,8 +149,10 @@ def _optimisation_options(p):
     optim.add_argument("--cache-views", type=count, default=0, metavar="V",
                        help="protocol option (off by default): encode V augmented views of each training "
                             "image once and reuse them every epoch (feature-level injectors only)")
-    optim.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                       help="autocast precision; auto = fp16 on CUDA (as the authors), fp32 on CPU")
+    optim.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "authors-fp16"], default="auto",
+                       help="autocast precision (parameters stay fp32, logits fp32); auto = fp16 on CUDA, fp32 on "
+                            "CPU. authors-fp16: the authors' numerics — CLIP and injectors stored in fp16, SGD on "
+                            "fp16 parameters and momentum, no GradScaler")
     optim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 

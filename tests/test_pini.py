@@ -128,7 +128,13 @@ def test_kl_matches_torch_distributions_and_monte_carlo():
     prior = torch.distributions.Normal(0.0, 2.0)
     posterior = torch.distributions.Normal(mu, sigma)
     closed = torch.distributions.kl_divergence(posterior, prior).sum(-1).mean()
-    torch.testing.assert_close(pini.gaussian_kl(noise, prior_std=2.0), closed)
+    # the KL reads σ as √(σ² + δ²), δ = KL_SIGMA_FLOOR·s: torch's KL for that σ, and within
+    # Σ δ²/(2σ²) of the exact one
+    floored = torch.distributions.Normal(mu, (sigma.square() + (2.0 * pini.KL_SIGMA_FLOOR) ** 2).sqrt())
+    torch.testing.assert_close(pini.gaussian_kl(noise, prior_std=2.0),
+                               torch.distributions.kl_divergence(floored, prior).sum(-1).mean())
+    bound = ((2.0 * pini.KL_SIGMA_FLOOR) ** 2 / (2 * sigma.square())).sum(-1).mean()
+    assert 0 < closed - pini.gaussian_kl(noise, prior_std=2.0) <= bound
     eps = posterior.sample((100_000,))
     monte_carlo = (posterior.log_prob(eps) - prior.log_prob(eps)).sum(-1).mean()
     assert abs(monte_carlo - closed) < 0.05

@@ -50,7 +50,7 @@ def test_two_epochs_end_to_end(base_args, capsys):
     assert 0 <= result["accuracy"] <= 100 and result["n_test"] == 12 and result["n_train"] == 8
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     assert result["history"][0]["lr"] == pytest.approx(1e-5)  # the constant warm-up epoch
-    assert result["history"][1]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi / 2)).item()))
+    assert result["history"][1]["lr"] == pytest.approx(1e-3)  # Dassl recounts: the cosine starts after warm-up
     out = base_args[base_args.index("--output-dir") + 1]
     summary = open(f"{out}/summary.md").read()
     assert f"| Caltech101 | {result['accuracy']:.2f} ± 0.00 |" in summary
@@ -342,3 +342,12 @@ def test_noise_maps_follow_what_the_injector_declares(config_dir, monkeypatch, t
         path = tmp_path / name / "noise.png"
         train.plot_noise(model, [(images, torch.zeros(2))], "cpu", path)
         assert path.is_file() and path.with_name("noise_maps.png").is_file() == (injector.spatial is not None), name
+
+
+def test_a_run_made_with_the_other_activation_is_not_reused(base_args, capsys):
+    args = base_args + ["--dataset", "caltech101", "--shots", "1", "--epochs", "1"]
+    assert train.main(args + ["--activation", "gelu"]) == 0
+    assert read_result(base_args, shots=1)["settings"]["activation"] == "gelu"
+    capsys.readouterr()
+    assert train.main(args + ["--activation", "quick-gelu"]) == 2
+    assert "activation: gelu → quick-gelu" in capsys.readouterr().err
