@@ -243,18 +243,22 @@ def training_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in ("inference", "inference_samples")}
 
 
+class Busy(Exception):
+    """A run this call did not do: another live process holds its lock."""
+
+
 def reuse_or_run(path: Path, settings: dict, args, compute) -> Optional[dict]:
     """The finished run at `path` when its settings are these, else claim the run (a lock, so
-    that processes sharing the output folder never train it twice) and compute it. None when
+    that processes sharing the output folder never train it twice) and compute it. Busy when
     another live process holds the run. With --force, a result older than this call is redone."""
     record = _finished(path, settings, args)
     if record:
         tqdm.write(f"skipping {path.parent}: already finished (--force reruns it)")
         return record
-    busy = runs.acquire_lock(path.parent)
+    busy = runs.acquire_lock(path.parent, force=args.force)
     if busy:
         tqdm.write(f"skipping {busy}")
-        return None
+        raise Busy(busy)
     try:
         return _finished(path, settings, args) or compute()  # another process may have just finished it
     finally:

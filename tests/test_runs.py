@@ -11,7 +11,7 @@ import datasets
 import fewshot
 import runs
 import train
-from conftest import touch_image, write_json_split
+from conftest import for_eval_only, touch_image, write_json_split
 from test_train import CLASSES, COLORS, read_result
 
 
@@ -72,7 +72,7 @@ def test_eval_only_takes_the_run_from_the_checkpoint_and_keeps_the_training_resu
     assert train.main(base_args) == 0
     trained = (run_dir(tmp_path) / "result.json").read_text()
     # no --dataset, no --shots: both come from the checkpoint; the record goes to eval.json
-    assert train.main(base_args[:-4] + ["--eval-only", "--checkpoint", str(run_dir(tmp_path) / "checkpoint.pt")]) == 0
+    assert train.main(for_eval_only(base_args[:-4] + ["--eval-only", "--checkpoint", str(run_dir(tmp_path) / "checkpoint.pt")])) == 0
     assert (run_dir(tmp_path) / "result.json").read_text() == trained
     evaluated = json.loads((run_dir(tmp_path) / "eval.json").read_text())
     assert evaluated["shots"] == 2 and evaluated["seed"] == 1 and evaluated["dataset"] == "Caltech101"
@@ -84,10 +84,10 @@ def test_eval_only_takes_the_run_from_the_checkpoint_and_keeps_the_training_resu
 def test_eval_only_refuses_other_classes_unless_asked(base_args, tmp_path, capsys):
     assert train.main(base_args) == 0
     checkpoint = str(run_dir(tmp_path) / "checkpoint.pt")
-    assert train.main(base_args[:-4] + ["--dataset", "sun397", "--eval-only", "--checkpoint", checkpoint]) == 2
+    assert train.main(for_eval_only(base_args[:-4] + ["--dataset", "sun397", "--eval-only", "--checkpoint", checkpoint])) == 2
     assert "--transfer" in capsys.readouterr().err
-    assert train.main(base_args[:-4] + ["--dataset", "sun397", "--eval-only", "--transfer", "--checkpoint",
-                                        checkpoint]) == 0
+    assert train.main(for_eval_only(base_args[:-4] + ["--dataset", "sun397", "--eval-only", "--transfer", "--checkpoint",
+                                        checkpoint])) == 0
     evaluated = json.loads((tmp_path / "runs/sun397/shots_2/seed_1/eval.json").read_text())
     assert evaluated["trained_on"] == "Caltech101" and evaluated["n_classes"] == 3
 
@@ -143,8 +143,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(base_args, tmp_path, capsys
     evil = run_dir(tmp_path) / "checkpoint.pt"
     evil.parent.mkdir(parents=True)
     torch.save({"injectors": {}, "meta": MakesAFile(str(marker))}, evil)
-    extra = ["--eval-only", "--checkpoint", str(evil)] if how == "eval-only" else ["--resume"]
-    assert train.main(base_args + extra) == 2
+    call = (for_eval_only(base_args + ["--eval-only", "--checkpoint", str(evil)]) if how == "eval-only"
+            else base_args + ["--resume"])
+    assert train.main(call) == 2
     err = capsys.readouterr().err
     assert "not a PiNI checkpoint, or not a safe one" in err and str(evil) in err and "Traceback" not in err
     assert not marker.exists()
@@ -158,7 +159,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(base_args, tmp_path, capsys
 def test_a_broken_checkpoint_gives_one_line(base_args, tmp_path, capsys, content):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(content)
-    assert train.main(base_args + ["--eval-only", "--checkpoint", str(broken)]) == 2
+    assert train.main(for_eval_only(base_args + ["--eval-only", "--checkpoint", str(broken)])) == 2
     err = capsys.readouterr().err
     assert "not a PiNI checkpoint" in err and "Traceback" not in err
 
@@ -273,8 +274,8 @@ def test_eval_only_uses_the_checkpoints_clip(base_args, config_dir, tmp_path, ca
     assert train.main(args + ["--epochs", "1"]) == 0
     trained = read_result(args)["accuracy"]
     # the command line names the ViT: the checkpoint's ResNet must be used all the same
-    assert train.main(base_args[:-4] + ["--eval-only", "--checkpoint", str(run_dir(tmp_path) / "checkpoint.pt"),
-                                        "--output-dir", str(tmp_path / "e")]) == 0
+    assert train.main(for_eval_only(base_args[:-4] + ["--eval-only", "--checkpoint", str(run_dir(tmp_path) / "checkpoint.pt"),
+                                        "--output-dir", str(tmp_path / "e")])) == 0
     assert "evaluating with the checkpoint's CLIP" in capsys.readouterr().out
     evaluated = json.loads((tmp_path / "e/caltech101/shots_2/seed_1/eval.json").read_text())
     assert evaluated["accuracy"] == trained and evaluated["settings"]["model"] == resnet
@@ -292,8 +293,8 @@ def test_evaluations_are_not_rows_of_the_summary(base_args, data_root, tmp_path)
         touch_image(sketch / "images" / f"n0{i}" / "0.jpg")
     (sketch / "classnames.txt").write_text("".join(f"n0{i} {name}\n" for i, name in enumerate(CLASSES)))
     assert train.main(base_args + ["--epochs", "1"]) == 0
-    assert train.main(base_args[:-4] + ["--dataset", "imagenet_sketch", "--eval-only", "--checkpoint",
-                                        str(run_dir(tmp_path) / "checkpoint.pt")]) == 0
+    assert train.main(for_eval_only(base_args[:-4] + ["--dataset", "imagenet_sketch", "--eval-only", "--checkpoint",
+                                        str(run_dir(tmp_path) / "checkpoint.pt")])) == 0
     rows = list(csv.DictReader(open(tmp_path / "runs/summary.csv")))
     assert [r["dataset"] for r in rows] == ["Caltech101"]
     assert "average (1 dataset)" in (tmp_path / "runs/summary.md").read_text()
@@ -301,8 +302,8 @@ def test_evaluations_are_not_rows_of_the_summary(base_args, data_root, tmp_path)
 
 def test_transfer_keeps_the_checkpoints_template(base_args, tmp_path):
     assert train.main(base_args + ["--epochs", "1"]) == 0
-    assert train.main(base_args[:-4] + ["--dataset", "dtd", "--eval-only", "--transfer", "--checkpoint",
-                                        str(run_dir(tmp_path) / "checkpoint.pt")]) == 0
+    assert train.main(for_eval_only(base_args[:-4] + ["--dataset", "dtd", "--eval-only", "--transfer", "--checkpoint",
+                                        str(run_dir(tmp_path) / "checkpoint.pt")])) == 0
     evaluated = json.loads((tmp_path / "runs/dtd/shots_2/seed_1/eval.json").read_text())
     assert evaluated["settings"]["template"] == "a photo of a"  # DTD's own is "texture": another token count
 
@@ -355,7 +356,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
         tmp.write_text("half of the new")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match=f"cannot write {path}: no space left on the device"):
         files.atomic_write(path, half_then_fail)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
     files.atomic_write_text(path, "new")
