@@ -174,9 +174,14 @@ def _link_lock(path: Path, me: dict) -> Optional[float]:
     filesystem's current time (the temporary file's mtime), for judging another lock's heartbeat."""
     tmp = temporary_path(path)
     remove_orphans(path)
-    atomic_write_text(tmp, json.dumps(me))  # whole, with the umask's mode; a full disk is a WriteFailed
     try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, file_mode()))
+        tmp.write_text(json.dumps(me))
         now = tmp.stat().st_mtime
+    except OSError as error:  # a full disk: no lock at all, and a one-line message
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(path, error) from None
+    try:
         try:
             os.link(tmp, path)
             return None
