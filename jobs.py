@@ -76,7 +76,7 @@ def slug(text: str) -> str:
 
 def plan(args, checkpoint: Optional[dict]) -> list:
     """The call's jobs, in the order they run. Data problems surface here: all at once."""
-    names = args.dataset or ([checkpoint["meta"].get("dataset_arg", "")] if checkpoint else ["caltech101"])
+    names = args.dataset or ([checkpoint_dataset(checkpoint, args)] if checkpoint else ["caltech101"])
     names = datasets.BENCHMARK if names == ["all"] else names
     if args.protocol in TRANSFER_TARGETS:  # ImageNet, then the targets (--dataset chooses among them)
         names = ["imagenet", *(names if args.dataset else TRANSFER_TARGETS[args.protocol])]
@@ -113,6 +113,16 @@ def plan(args, checkpoint: Optional[dict]) -> list:
     for job in jobs:  # the ablation's zero-shot control is one job, whatever the shots
         unique.setdefault((job.kind, job.run_dir(Path("."))), job)
     return list(unique.values())
+
+
+def checkpoint_dataset(checkpoint: dict, args) -> str:
+    """The benchmark a checkpoint was trained on, read under --data-root. Its metadata is data, not a
+    path to trust: a folder it names (your own data) is never read or written unless --dataset names it."""
+    name = checkpoint["meta"].get("dataset_arg", "")
+    if not isinstance(name, str) or name not in datasets.DATASETS:
+        raise UsageError(f"{args.checkpoint} was trained on a folder of its own ({str(name)[:200]!r}): name the "
+                         "dataset to evaluate on with --dataset (a folder named by a checkpoint is never used)")
+    return name
 
 
 def base_to_new_jobs(splits, args) -> list:
