@@ -315,3 +315,26 @@ def test_a_cache_is_used_only_when_it_holds_what_the_sampler_draws(dtd, tamper):
 
 def _rows_of(items, split):
     return [[i.path.removeprefix(str(split.image_root) + "/"), i.label, i.classname] for i in items]
+
+
+@pytest.mark.parametrize("tamper", ["test images added to train", "an image from elsewhere"])
+def test_a_generated_split_whose_parts_overlap_or_name_strangers_is_made_again(tmp_path, tamper):
+    image_dir = tmp_path / "dtd" / "images"
+    for cls in ["banded", "dotted"]:
+        for i in range(10):
+            touch_image(image_dir / cls / f"{i:02d}.jpg")
+    with pytest.warns(UserWarning, match="generated a split"):
+        genuine = datasets.load_dataset("dtd", tmp_path)
+    raw = json.loads(genuine.split_path.read_text())
+    if tamper == "test images added to train":
+        raw["train"] += raw["test"]  # what the fingerprint of the folder's listing cannot see
+    else:
+        raw["train"][0][0] = "banded/zz.jpg"  # no such image in the folder
+    genuine.split_path.write_text(json.dumps(raw))
+    with pytest.warns(UserWarning, match="both train and test" if tamper.startswith("test") else
+                      "not in the image folder"):
+        again = datasets.load_dataset("dtd", tmp_path)
+    assert again.fingerprint == genuine.fingerprint and len(again.train) == len(genuine.train)
+    assert not {i.path for i in again.train} & {i.path for i in again.test}
+    assert json.loads(genuine.split_path.read_text())["train"] == [  # the cache is written again
+        [i.path.removeprefix(str(image_dir) + "/"), i.label, i.classname] for i in again.train]
