@@ -327,6 +327,8 @@ def split_problem(raw, parts) -> Optional[str]:
                     and isinstance(row[1], int) and not isinstance(row[1], bool) and row[1] >= 0):
                 return f"{part}[{i}] is {json.dumps(row)[:80]}, not [relative_path, label >= 0, classname]"
             path = row[0]
+            if "\x00" in path:
+                return f"{part}[{i}] has a NUL byte in its path {path!r}"
             if not path or os.path.isabs(path) or path.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", path):
                 return f"{part}[{i}] has the path {path!r}: paths must be relative and stay inside the image folder"
     return None

@@ -98,6 +98,11 @@ def plan(args, checkpoint: Optional[dict]) -> list:
     if args.protocol == "base2new":
         return base_to_new_jobs(splits, args)
     if args.zero_shot:
+        for split in splits:
+            if split.info.test_only:
+                tqdm.write(f"{split.info.name} is a test-only set: its zero-shot result goes to "
+                           f"{Job('zero-shot', split).run_dir(Path(args.output_dir)) / runs.RESULT}, not to a row "
+                           "of summary.md (it is a target of --protocol domain, whose table shows it)")
         return [Job("zero-shot", split) for split in splits]
     jobs = []
     for split in splits:
