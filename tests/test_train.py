@@ -318,3 +318,11 @@ def test_test_only_sets_are_for_evaluation(base_args, tmp_path, capsys):
     result = json.loads(open(f"{out}/imagenet_sketch/shots_2/seed_1/eval.json").read())
     assert result["n_train"] == 0 and result["n_test"] == 4 and result["history"]  # the trained run's history
     assert result["trained_on"] == "Caltech101" and result["kind"] == "eval"
+
+
+def test_zero_shot_on_a_test_only_set_says_where_its_result_goes(base_args, tmp_path, capsys):
+    assert train.main(base_args + ["--dataset", "imagenet_sketch", "--zero-shot"]) == 0
+    out = capsys.readouterr().out
+    result = tmp_path / "runs/imagenet_sketch/zero_shot/result.json"
+    assert f"ImageNetSketch is a test-only set: its zero-shot result goes to {result}, not to a row" in out
+    assert result.is_file() and "ImageNetSketch" not in (tmp_path / "runs/summary.md").read_text()
