@@ -338,3 +338,21 @@ def test_a_generated_split_whose_parts_overlap_or_name_strangers_is_made_again(t
     assert not {i.path for i in again.train} & {i.path for i in again.test}
     assert json.loads(genuine.split_path.read_text())["train"] == [  # the cache is written again
         [i.path.removeprefix(str(image_dir) + "/"), i.label, i.classname] for i in again.train]
+
+
+def test_a_full_disk_for_a_cache_is_a_warning_naming_the_file_and_the_free_space(dtd, monkeypatch):
+    import errno
+
+    write_text = Path.write_text
+
+    def full(self, *a, **k):
+        if self.name.startswith(".shot_2-seed_1.json."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, *a, **k)
+
+    split = datasets.load_dataset("dtd", dtd)
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.warns(UserWarning, match=r"split_fewshot/shot_2-seed_1.json: no space left on the device \(.* free "
+                                         r"there\)") as caught:
+        sample = fewshot.few_shot(split, 2, seed=1)
+    assert sample.cache_path is None and len(sample.train) == 4 and "Traceback" not in str(caught[0].message)

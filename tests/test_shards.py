@@ -231,3 +231,14 @@ def test_sigterm_saves_the_last_epoch_releases_the_lock_and_resume_continues_on_
     out = capsys.readouterr().out
     assert f"resuming {run_dir} after epoch {saved}" in out and f"epoch {saved + 1}/20" in out
     assert len(json.loads((run_dir / "result.json").read_text())["history"]) == 20
+
+
+def test_a_dataset_folder_linking_out_of_the_data_root_is_followed_with_a_notice(call, tmp_path, capsys):
+    root = Path(call[call.index("--data-root") + 1])
+    elsewhere = tmp_path / "big_disk" / "caltech-101"
+    elsewhere.parent.mkdir()
+    (root / "caltech-101").rename(elsewhere)
+    (root / "caltech-101").symlink_to(elsewhere)
+    planned = jobs.plan(train.parse_args(call), None)
+    assert len(planned) == 4  # followed
+    assert f"note: {root / 'caltech-101'} links to {elsewhere}, outside the data root: followed" in capsys.readouterr().out
