@@ -83,7 +83,7 @@ def read_record(path: Path) -> dict:
 
 def find_records(out: Path) -> list:
     """Every result and evaluation record under the output folder, in a stable order."""
-    paths = sorted(Path(out).rglob(RESULT)) + sorted(Path(out).rglob(EVAL_RESULT)) + sorted(Path(out).rglob("eval-*.json"))
+    paths = [path for pattern in (RESULT, EVAL_RESULT, "eval-*.json") for path in sorted(Path(out).rglob(pattern))]
     return [dict(read_record(path), record_path=str(path.relative_to(out))) for path in paths]
 
 

@@ -241,4 +241,5 @@ def test_a_dataset_folder_linking_out_of_the_data_root_is_followed_with_a_notice
     (root / "caltech-101").symlink_to(elsewhere)
     planned = jobs.plan(train.parse_args(call), None)
     assert len(planned) == 4  # followed
-    assert f"note: {root / 'caltech-101'} links to {elsewhere}, outside the data root: followed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"note: {root / 'caltech-101'} links to {elsewhere}, outside the data root: followed" in out
