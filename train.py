@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -42,8 +44,9 @@ from experiments import report
 from experiments import runs
 from experiments.epochs import (Context, seed_everything, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_precision,
                     train_epoch, writable_output, zero_shot_accuracy)
-from experiments.jobs import (ABLATION, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of, shard,
-                  tested_checkpoint, training_settings, variant_name)
+from experiments.jobs import (ABLATION, Busy, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of,
+                              shard, tested_checkpoint, training_settings, variant_name)
+from experiments.files import WriteFailed
 from experiments.runs import CHECKPOINT, EVAL_RESULT, RESULT, UsageError
 
 
@@ -82,12 +85,21 @@ def run_training(job: Job, args, ctx: Context, run_dir: Path) -> dict:
         optimizer, lambda e: lr_factor(e, options.epochs, options.warmup_epochs, options.warmup_lr, options.lr))
     scaler = torch.amp.GradScaler(ctx.device.type) if ctx.precision == "fp16" else None
     meta = {"settings": training_settings(settings), "ablation": job.ablation, "dataset_arg": dataset_arg(job.split)}
-    history = restore(run_dir / CHECKPOINT, meta, model, optimizer, scheduler, scaler, args.resume, ctx.device)
+    checkpoint = run_dir / CHECKPOINT
+    if args.force and (run_dir / RESULT).is_file():  # the finished run stays whole until the new one is
+        checkpoint = run_dir / NEXT_CHECKPOINT
+        tqdm.write(f"replacing the finished run in {run_dir} (--force): its result and checkpoint stay until "
+                   "the new run finishes")
+    history = restore(checkpoint, meta, model, optimizer, scheduler, scaler, args.resume, ctx.device)
     started = time.time()
-    train(model, job, options, ctx, optimizer, scheduler, scaler, history, run_dir / CHECKPOINT, meta)
+    train(model, job, options, ctx, optimizer, scheduler, scaler, history, checkpoint, meta)
     extra = new_class_accuracy(model, job, options, ctx) if job.new_split else {}
     return test_and_record(model, job, options, ctx, run_dir / RESULT, settings, history,
+                           promote=checkpoint if checkpoint.name == NEXT_CHECKPOINT else None,
                            wall_seconds=time.time() - started, **extra)
+
+
+NEXT_CHECKPOINT = "checkpoint.next.pt"  # --force over a finished run: the new run's checkpoint until it finishes
 
 
 def new_class_accuracy(model: pini.PiNI, job: Job, options, ctx: Context) -> dict:
@@ -148,7 +160,10 @@ def train(model, job, options, ctx, optimizer, scheduler, scaler, history: list,
         runs.heartbeat(checkpoint.parent)  # this run is alive: other machines leave it alone
 
 
-def test_and_record(model, job, options, ctx, path: Path, settings: dict, history: list, **extra) -> dict:
+def test_and_record(model, job, options, ctx, path: Path, settings: dict, history: list, promote=None,
+                    **extra) -> dict:
+    """Test, write the record, then (promote: --force's new checkpoint) put the checkpoint in place, then
+    draw noise.png (an evaluation of someone's checkpoint draws <record>.noise.png: never a run's own)."""
     accuracy, test_loader = test_pass(model, job.split, job.seed, options, ctx)
     n_train = len(job.sample.train) if job.sample else 0
     record = {"kind": job.kind, "protocol": job.protocol, "dataset": job.split.info.name, "shots": job.shots,
@@ -163,7 +178,11 @@ def test_and_record(model, job, options, ctx, path: Path, settings: dict, histor
               "host": socket.gethostname(), "pid": os.getpid(),
               "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__}, **extra}
     runs.write_record(path, record)
-    plot_noise(model, test_loader, ctx.device, path.with_name("noise.png"))
+    if promote:
+        os.replace(promote, path.with_name(CHECKPOINT))
+    plot_noise(model, test_loader, ctx.device,
+               path.with_name("noise.png") if path.name in (RESULT, EVAL_RESULT) and not extra.get("checkpoint_file")
+               else path.with_name(f"{path.stem}.noise.png"))
     tqdm.write(f"{job.split.info.name} {job.shots}-shot seed {job.seed}: test accuracy {accuracy:.2f}%")
     return record
 
@@ -188,8 +207,21 @@ def run_eval(job: Job, args, ctx: Context, run_dir: Path, checkpoint: dict) -> d
     trained = len(checkpoint["history"])
     if trained < options.epochs:
         tqdm.write(f"warning: {path} stopped after {trained} of {options.epochs} epochs: an unfinished run")
-    return test_and_record(model, job, options, ctx, run_dir / EVAL_RESULT, settings, checkpoint["history"],
-                           trained_on=checkpoint["meta"]["settings"]["dataset"], epochs_trained=trained)
+    extra = {} if job.source else {"checkpoint_file": str(path)}  # --eval-only: maybe in another run's folder
+    return test_and_record(model, job, options, ctx, eval_path(run_dir, settings), settings, checkpoint["history"],
+                           trained_on=checkpoint["meta"]["settings"]["dataset"], epochs_trained=trained, **extra)
+
+
+def eval_path(run_dir: Path, settings: dict) -> Path:
+    """eval.json, unless it holds an evaluation of another checkpoint or inference mode: that one is
+    kept, and this one is named after its own (eval-<inference>-<hash of its settings>.json)."""
+    path = run_dir / EVAL_RESULT
+    if path.is_file() and runs.differences(runs.read_record(path).get("settings"), settings):
+        other = run_dir / f"eval-{settings['inference']}-{datasets.digest(settings)[:8]}.json"
+        tqdm.write(f"keeping {path} (it evaluates another checkpoint or inference mode); this evaluation goes "
+                   f"to {other.name}")
+        return other
+    return path
 
 
 def check_class_set(model: pini.PiNI, checkpoint: dict, path, options):
@@ -313,7 +345,7 @@ def plot_noise(model: pini.PiNI, test_loader, device, path: Path):
     else:
         return
     report.plot_noise_maps(images.float().cpu().numpy(), mu_map.cpu().numpy(), sigma_map.cpu().numpy(),
-                           spatial, path.with_name("noise_maps.png"))
+                           spatial, path.with_name(path.name.replace("noise.png", "noise_maps.png")))
 
 
 # -----------------------------------------------------------------------------------------
@@ -341,22 +373,47 @@ def run(args) -> list:
         raise UsageError(f"--image-noise {args.image_noise} needs a ViT image tower (patch tokens); "
                          f"{args.model} has a {type(ctx.clip.visual).__name__}")
 
-    results = []
+    results, busy = [], []
     for job in jobs:
         run_dir = job.run_dir(out)
         if any(job is misfit for misfit in misfits):
             continue  # the ablation's patch row on a ResNet tower: no run, the table says why
-        if job.kind == "eval" and job.source:  # a protocol's test of a run trained in this call
-            results.append(evaluate_transfer(job, args, ctx, run_dir))
-            continue
-        if job.kind == "eval":
-            results.append(run_eval(job, args, ctx, run_dir, checkpoint))
-            continue
-        compute = run_zero_shot if job.kind == "zero-shot" else run_training
-        results.append(reuse_or_run(run_dir / RESULT, settings_of(job, args, precision), args,
-                                    lambda: compute(job, args, ctx, run_dir)))
+        try:
+            if job.kind == "eval" and job.source:  # a protocol's test of a run trained in this call
+                results.append(evaluate_transfer(job, args, ctx, run_dir))
+                continue
+            if job.kind == "eval":
+                results.append(run_eval(job, args, ctx, run_dir, checkpoint))
+                continue
+            compute = run_zero_shot if job.kind == "zero-shot" else run_training
+            results.append(reuse_or_run(run_dir / RESULT, settings_of(job, args, precision), args,
+                                        lambda: compute(job, args, ctx, run_dir)))
+            if job.kind == "train":
+                redraw_missing_noise(job, args, ctx, run_dir)
+        except Busy as held:
+            busy.append(str(held))
     write_reports(out)
+    if busy:
+        raise NotDone(f"not done: {len(busy)} of {len(jobs)} runs are held by other live processes (e.g. "
+                      f"{busy[0]}); rerun this command when they finish to collect them")
     return [r for r in results if r is not None]
+
+
+class NotDone(Exception):
+    """The call ended without doing every run it was asked for (exit status 75, 'try again later')."""
+
+
+def redraw_missing_noise(job: Job, args, ctx: Context, run_dir: Path):
+    """A finished run whose noise.png was never written (a full disk, a kill) gets it from its checkpoint."""
+    png, checkpoint = run_dir / "noise.png", run_dir / CHECKPOINT
+    if png.exists() or not (run_dir / RESULT).is_file() or not checkpoint.is_file():
+        return
+    options = job_options(job, args)
+    model = build_model(options, ctx, job.split)
+    load_injectors(model, runs.load_checkpoint(checkpoint, ctx.device)["injectors"], checkpoint)
+    test_loader = loader(job.split.test, ctx.eval_tf, options.test_batch_size, options.workers)
+    plot_noise(model, test_loader, ctx.device, png)
+    tqdm.write(f"drew the missing {png} from its checkpoint")
 
 
 def write_reports(out: Path):
@@ -373,18 +430,37 @@ def one_line(error: BaseException) -> str:
     return text
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, `kill`), handled as Ctrl-C is: the current epoch is
+    abandoned, the last finished one is already saved, and every lock is released on the way out."""
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not break the clean-up
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         run(args)
     except (UsageError, datasets.DatasetError, pini.WeightsUnavailable, pini.CUDAError, ValueError,
-            FileNotFoundError) as error:
+            FileNotFoundError, WriteFailed) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: the last finished epoch is saved; rerun the same command with --resume",
-              file=sys.stderr)
-        return 130
+    except NotDone as error:
+        print(error, file=sys.stderr)
+        return 75
+    except KeyboardInterrupt as error:
+        how = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
+        print(f"\n{how}: the last finished epoch is saved and the run's lock released; rerun the same "
+              "command with --resume", file=sys.stderr)
+        return 143 if isinstance(error, Terminated) else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -325,7 +325,7 @@ def _new_split(train, val, test, info: DatasetInfo, folder: Path, source: str, s
     if not test:
         raise DatasetError(f"{where}: no test images found")
     image_root = folder / info.image_dir
-    fingerprint = _items_digest(image_root, train, val, test)
+    fingerprint = items_digest(image_root, train, val, test)
     if duplicates:
         listed = "; ".join(f"{prompt!r} (labels {', '.join(map(str, labels))})"
                            for prompt, labels in duplicates.items())
@@ -412,6 +412,8 @@ def split_problem(raw, parts) -> Optional[str]:
                     and isinstance(row[1], int) and not isinstance(row[1], bool) and row[1] >= 0):
                 return f"{part}[{i}] is {json.dumps(row)[:80]}, not [relative_path, label >= 0, classname]"
             path = row[0]
+            if "\x00" in path:
+                return f"{part}[{i}] has a NUL byte in its path {path!r}"
             if not path or os.path.isabs(path) or path.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", path):
                 return f"{part}[{i}] has the path {path!r}: paths must be relative and stay inside the image folder"
     return None
@@ -477,9 +479,11 @@ def _read_or_make_split(folder: Path, info: DatasetInfo):
         made_from = digest(SPLIT_VERSION, [_file_digest(lists / f) for f in UCF_LISTS])
         return _generated_split(folder, image_dir, info, made_from, lambda: make_ucf101_split(folder, image_dir))
     if info.alias in FOLDER_PER_CLASS and image_dir.is_dir():
-        made_from = digest(SPLIT_VERSION, info.ignored, _tree_listing(image_dir))
+        listing = _tree_listing(image_dir)
+        made_from = digest(SPLIT_VERSION, info.ignored, listing)
         return _generated_split(folder, image_dir, info, made_from,
-                                lambda: make_split(image_dir, renames=info.renames, ignored=info.ignored))
+                                lambda: make_split(image_dir, renames=info.renames, ignored=info.ignored),
+                                images=set(listing))
     what = f"split file {info.split_file}" if image_dir.is_dir() else f"image folder {info.image_dir}/"
     extra = ""
     if info.alias == "ucf101":
@@ -490,9 +494,10 @@ def _read_or_make_split(folder: Path, info: DatasetInfo):
                        f"Get the images and {info.split_file} as {COOP_DATASETS_DOC} describes ({info.name}).{extra}")
 
 
-def _generated_split(folder: Path, image_root: Path, info: DatasetInfo, made_from: str, make: Callable):
+def _generated_split(folder: Path, image_root: Path, info: DatasetInfo, made_from: str, make: Callable,
+                     images: Optional[set] = None):
     """A split this module generates, cached with the fingerprint of what it was made from."""
-    cached, stale = _cached_split(folder, image_root, made_from, GENERATED_SPLIT_FILE)
+    cached, stale = _cached_split(folder, image_root, made_from, GENERATED_SPLIT_FILE, images)
     if cached:
         return cached[0], "generated", cached[1]
     train, val, test = make()
@@ -506,9 +511,11 @@ def _generated_split(folder: Path, image_root: Path, info: DatasetInfo, made_fro
     return (train, val, test), "generated", path
 
 
-def _cached_split(folder: Path, image_root: Path, made_from: str, filename: str):
+def _cached_split(folder: Path, image_root: Path, made_from: str, filename: str, images: Optional[set] = None):
     """(((train, val, test), path) or None, [stale cache paths]): a cached generated split made from
-    `made_from`, if there is one; caches made from anything else are reported, never used."""
+    `made_from`, if there is one; caches made from anything else are reported, never used. Its
+    content is checked too (the fingerprint covers only what it was made from): a cache whose parts
+    share an image, or that names an image not in `images` (the folder's listing), is refused."""
     stale = []
     for place in cache_places(folder):
         path = place / filename
@@ -523,9 +530,28 @@ def _cached_split(folder: Path, image_root: Path, made_from: str, filename: str)
         if not isinstance(meta, dict) or meta.get("made_from") != made_from or split_problem(raw, PARTS):
             stale.append(path)
             continue
+        problem = _split_content_problem(raw, images)
+        if problem:
+            warnings.warn(f"{path} {problem}: it is not used, and the split is made again")
+            continue
         return (tuple([Item(str(image_root / p), label, name) for p, label, name in raw[part]]
                       for part in PARTS), path), stale
     return None, stale
+
+
+def _split_content_problem(raw: dict, images: Optional[set]) -> Optional[str]:
+    """Why a generated split's content cannot be PiNI's: an image in two parts, or not in the folder."""
+    seen = {}
+    for part in PARTS:
+        for rel, _, _ in raw[part]:
+            if rel in seen:
+                return f"puts {rel} in both {seen[rel]} and {part}" if seen[rel] != part else f"lists {rel} twice"
+            seen[rel] = part
+    listed = {os.path.normpath(image) for image in images or ()}
+    strangers = [rel for rel in seen if images is not None and os.path.normpath(rel) not in listed]
+    if strangers:
+        return f"names {len(strangers)} images that are not in the image folder (e.g. {strangers[0]})"
+    return None
 
 
 def _split_payload(image_root: Path, train, val, test, **meta) -> dict:
@@ -730,8 +756,9 @@ def _load_custom(folder: Path) -> Split:
     has_parts = (folder / "train").is_dir()
     if has_parts and not (folder / "test").is_dir():
         raise DatasetError(f"{folder} has train/ but no test/ folder. Expected layout:\n{info.layout}")
-    made_from = digest(SPLIT_VERSION, _tree_listing(folder))
-    cached, stale = _cached_split(folder, folder, made_from, CUSTOM_SPLIT_FILE)
+    listing = _tree_listing(folder)
+    made_from = digest(SPLIT_VERSION, listing)
+    cached, stale = _cached_split(folder, folder, made_from, CUSTOM_SPLIT_FILE, set(listing))
     if cached:
         (train, val, test), path = cached
         return _new_split(train, val, test, info, folder, "custom", path)
@@ -803,7 +830,7 @@ def relative_path(path: str, root: Path) -> str:
     return path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
 
 
-def _items_digest(root: Path, *parts) -> str:
+def items_digest(root: Path, *parts) -> str:
     """A hash of every (relative path, label, class name) of each part, in order."""
     h = hashlib.sha256()
     for items in parts:

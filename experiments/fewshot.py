@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from experiments.datasets import (DatasetError, Split, by_label, cache_places, digest, read_json, relative_path,
-                                  split_problem, write_cache)
+from experiments.datasets import (DatasetError, Split, by_label, cache_places, digest, items_digest, read_json,
+                                  relative_path, split_problem, write_cache)
 
 SAMPLER_VERSION = 2  # the sampler a cache was drawn with: 2 is Dassl's generate_fewshot_dataset; others are redrawn
 
@@ -57,6 +57,7 @@ class FewShot:
     image_root: str
     sampler_version: int = SAMPLER_VERSION
     cache_path: Optional[str] = None
+    content: str = ""  # hash of the images drawn (relative path, label, class name of train and val)
 
     def record(self) -> dict:
         """A JSON-able description for result.json: with the same split it re-creates this exact
@@ -64,7 +65,7 @@ class FewShot:
         root = Path(self.image_root)
         return {"shots": self.shots, "seed": self.seed, "sampler_version": self.sampler_version,
                 "sampler": "Dassl generate_fewshot_dataset (random.sample when a class has >= k images)",
-                "fingerprint": self.fingerprint, "split_source": self.split_source,
+                "fingerprint": self.fingerprint, "content": self.content, "split_source": self.split_source,
                 "split_fingerprint": self.split_fingerprint, "short_classes": dict(self.short_classes),
                 "train": [relative_path(i.path, root) for i in self.train],
                 "val": [relative_path(i.path, root) for i in self.val]}
@@ -80,39 +81,43 @@ def few_shot(split: Split, shots: int, seed: int, cache: bool = True, cache_dir=
     - random.sample(items, k) when a class has AT LEAST k items, else the whole class;
     - train first, then val from the same stream; ImageNet: train only (its val is the test set).
 
-    The sample is cached as readable JSON in split_fewshot/shot_<k>-seed_<s>.json (in `cache_dir`,
-    else the dataset folder, else the user cache folder: the first that is writable). A cache is
-    used only when its fingerprint matches and every image it names is in the current split's
-    train/val sets; otherwise it is drawn again, with a warning.
+    The sample is always drawn (drawing is cheap), and kept as a readable record in
+    split_fewshot/shot_<k>-seed_<s>.json (in `cache_dir`, else the dataset folder, else the user
+    cache folder: the first that is writable). A record that does not hold exactly what was drawn
+    (another split, sampler or class list, images outside the split, other images or counts) is
+    never used: it is written again, with a warning. `content` hashes the images drawn.
     """
     check_shots(shots)
     fingerprint = digest(split.fingerprint, SAMPLER_VERSION, split.classnames, shots, seed)
     name = f"shot_{shots}-seed_{seed}.json"
     places = [place / "split_fewshot" for place in cache_places(split.folder, cache_dir)]
-    sample, cache_path = None, None
+    rng = random.Random(seed)
+    train = sample_per_class(split.train, shots, rng)
+    val = [] if split.val is split.test else sample_per_class(split.val, min(shots, 4), rng)
+    cache_path = None
     if cache:
         for place in places:
-            if (place / name).is_file():
-                sample = _read_sample(place / name, split, fingerprint)
-                if sample:
-                    cache_path = place / name
-                    break
-    if sample is None:
-        rng = random.Random(seed)
-        train = sample_per_class(split.train, shots, rng)
-        val = [] if split.val is split.test else sample_per_class(split.val, min(shots, 4), rng)
-        sample = train, val
-        if cache:
+            path = place / name
+            if not path.is_file():
+                continue
+            recorded = _read_sample(path, split, fingerprint)  # None, with a warning, when it cannot be trusted
+            if recorded == (train, val):
+                cache_path = path
+                break
+            if recorded is not None:
+                warnings.warn(f"{path} does not hold the sample the sampler draws (other images, or other counts "
+                              "per class): it is not used, and is written again")
+        if cache_path is None:
             payload = {"train": _rows(train, split.image_root), "val": _rows(val, split.image_root), "test": [],
                        "pini": {"fingerprint": fingerprint, "split_fingerprint": split.fingerprint,
                                 "split_source": split.source, "sampler_version": SAMPLER_VERSION,
                                 "classnames": split.classnames, "shots": shots, "seed": seed}}
             cache_path = write_cache(f"split_fewshot/{name}", cache_places(split.folder, cache_dir), payload)
-    train, val = sample
     sizes = Counter(item.label for item in split.train)
     short = {split.classnames[label]: n for label, n in sorted(sizes.items()) if n < shots}
     return FewShot(train, val, shots, seed, short, fingerprint, split.source, split.fingerprint,
-                   str(split.image_root), SAMPLER_VERSION, str(cache_path) if cache_path else None)
+                   str(split.image_root), SAMPLER_VERSION, str(cache_path) if cache_path else None,
+                   items_digest(split.image_root, train, val))
 
 
 def _rows(items, root: Path) -> list:
@@ -164,7 +169,7 @@ def few_shot_from_record(split: Split, record: dict) -> FewShot:
             raise DatasetError(f"the recorded few-shot sample names images not in {split.info.name}'s train/val")
         return FewShot(train, val, record["shots"], record["seed"], dict(record["short_classes"]),
                        record["fingerprint"], record["split_source"], split.fingerprint, str(split.image_root),
-                       record["sampler_version"])
+                       record["sampler_version"], content=items_digest(split.image_root, train, val))
     except (KeyError, TypeError) as error:
         raise DatasetError(f"not a few-shot record (FewShot.record()): {error!r} missing or malformed") from None
 
@@ -208,5 +213,6 @@ def class_half(split: Split, sample: Optional[FewShot], half: str):
     if sample:
         sample = dataclasses.replace(sample, train=cut(sample.train), val=cut(sample.val),
                                      fingerprint=f"{sample.fingerprint}:{half}",
+                                     content=items_digest(split.image_root, cut(sample.train), cut(sample.val)),
                                      short_classes={n: k for n, k in sample.short_classes.items() if n in names})
     return part, sample

@@ -69,7 +69,7 @@ def parse_args(argv=None, description: str = "") -> argparse.Namespace:
     args = p.parse_args(_joined_negative_values(sys.argv[1:] if argv is None else argv))
     args.output_dir_given = args.output_dir != p.get_default("output_dir")  # --classify: else next to the checkpoint
     args.started = time.time()  # results older than this call are what --force replaces
-    for problem in _inconsistencies(args):
+    for problem in _inconsistencies(args) + _ignored_flags(args, p):
         p.error(problem)
     for name in ("seeds", "shots"):
         values = getattr(args, name)
@@ -233,4 +233,33 @@ def _inconsistencies(args) -> list:
     if args.cache_views and pini.needs_images(args.image_noise) and not args.ablation:
         problems.append(f"--cache-views caches image features, but --image-noise {args.image_noise} needs the "
                         "images; use it with cross-attention, mlp or none")
+    return problems
+
+
+# What --eval-only takes from the checkpoint, and what --summarize never reads: given, they would be ignored.
+TRAINING_FLAGS = ("shots", "seeds", "text_noise", "text_generator", "image_noise", "control", "n_ctx", "reduction",
+                  "pixel_level", "noise_samples", "ce_weight", "kl_weight", "prior_std", "epochs", "lr",
+                  "batch_size", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "cache_views", "augment",
+                  "resume", "force", "ablation", "zero_shot", "shard")
+SUMMARIZE_READS = ("output_dir", "summarize", "started")
+
+
+def _ignored_flags(args, parser) -> list:
+    """Flags that contradict another, or that the chosen mode would silently ignore."""
+    def given(names):
+        return ["--" + name.replace("_", "-") for name in names
+                if hasattr(args, name) and getattr(args, name) != parser.get_default(name)]
+
+    problems = []
+    if args.force and args.resume:
+        problems.append("--force starts runs again and --resume continues them: choose one")
+    if args.summarize:
+        extra = given(sorted(set(vars(args)) - set(SUMMARIZE_READS)))
+        if extra:
+            problems.append(f"--summarize only reads --output-dir: drop {' '.join(extra)}")
+    elif args.eval_only:
+        extra = given(TRAINING_FLAGS)
+        if extra:
+            problems.append(f"--eval-only takes the run's settings from the checkpoint and trains nothing: drop "
+                            f"{' '.join(extra)}")
     return problems

@@ -190,6 +190,9 @@ def write_reports(out: Path, ablation, order=(), test_only=()):
     the zero-shot control)], the rows of an ablation table in order; `order`: dataset names;
     `test_only`: datasets that are only ever test targets (no row of the few-shot summary)."""
     everything = find_records(out)
+    if not everything:  # nothing to tabulate: earlier tables (someone's, or of moved results) stay
+        print(f"no results in {out}: no table written")
+        return
     records = [r for r in everything if r.get("protocol", "few-shot") == "few-shot"]
     base2new = [r for r in everything if r.get("protocol") == "base2new"]
     if base2new:

@@ -20,13 +20,15 @@ import json
 import os
 import pickle
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from experiments.files import atomic_write, atomic_write_text
+from experiments.files import WriteFailed, atomic_write, atomic_write_text, file_mode, remove_orphans, temporary_path
 
 RESULT, EVAL_RESULT, CHECKPOINT = "result.json", "eval.json", "checkpoint.pt"
 
@@ -81,7 +83,7 @@ def read_record(path: Path) -> dict:
 
 def find_records(out: Path) -> list:
     """Every result and evaluation record under the output folder, in a stable order."""
-    paths = sorted(Path(out).rglob(RESULT)) + sorted(Path(out).rglob(EVAL_RESULT))
+    paths = [path for pattern in (RESULT, EVAL_RESULT, "eval-*.json") for path in sorted(Path(out).rglob(pattern))]
     return [dict(read_record(path), record_path=str(path.relative_to(out))) for path in paths]
 
 
@@ -126,54 +128,100 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 # -----------------------------------------------------------------------------------------
 
 LOCK = ".lock"
-STALE_AFTER = 2 * 3600  # seconds without a heartbeat after which another machine's lock is dead
+HEARTBEAT = 60  # seconds between two heartbeats of a claimed run (a thread renews the lock's mtime)
+STALE_AFTER = 10 * HEARTBEAT  # a lock of another machine whose heartbeat is older belongs to a dead process
 
 
 def _lock_holder(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        holder = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return holder if isinstance(holder, dict) else {}
 
 
-def _alive(holder: dict, path: Path) -> bool:
-    """Whether the process that wrote this lock may still be running. On this machine its pid
-    says so; for another machine, a heartbeat (the lock's mtime) within STALE_AFTER does."""
-    if holder.get("host") == socket.gethostname():
+def _why_stale(holder: dict, path: Path, now: float, force: bool) -> Optional[str]:
+    """None when the process that wrote this lock may still be running, else why it is not.
+    On this machine its pid says so. For another machine, the heartbeat does: the lock's mtime,
+    compared with `now` as the same filesystem's clock gives it (no clock skew between hosts);
+    --force takes over any other machine's lock."""
+    if not holder.get("host") or "pid" not in holder:
+        return "it is empty or unreadable (a write that never finished)"
+    who = f"{holder.get('host')}:{holder.get('pid')}"
+    if holder["host"] == socket.gethostname():
         try:
-            os.kill(int(holder.get("pid", -1)), 0)
+            os.kill(int(holder["pid"]), 0)
         except ProcessLookupError:
-            return False
-        except (PermissionError, ValueError, OverflowError):
-            return True  # exists but not ours, or unreadable: assume alive
-        return True
-    try:
-        return time.time() - path.stat().st_mtime < STALE_AFTER
-    except OSError:
-        return False
-
-
-def acquire_lock(run_dir: Path):
-    """Claim a run for this process: create run_dir/.lock atomically (O_EXCL), holding host, pid
-    and start time. Returns None when claimed, else a line saying who holds it. A lock left by a
-    dead process is taken over, with a message."""
-    path = Path(run_dir) / LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _lock_holder(path)
-            if _alive(holder, path):
-                return f"{run_dir} is being trained by {holder.get('host')}:{holder.get('pid')} since {holder.get('started')}"
-            if _remove_stale(path, holder):
-                print(f"taking over {run_dir}: its lock was left by {holder.get('host')}:{holder.get('pid')}, "
-                      "which is no longer running")
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
+            return f"it was left by {who}, which is no longer running"
+        except (PermissionError, ValueError, TypeError, OverflowError):
+            return None  # exists but not ours, or unreadable: assume alive
         return None
+    try:
+        silent = now - path.stat().st_mtime
+    except OSError:
+        return f"it was left by {who}, and is gone"
+    if silent > STALE_AFTER:
+        return (f"it was left by {who}, whose last heartbeat is {silent / 60:.0f} minutes old (a live run "
+                f"renews it every {HEARTBEAT} s)")
+    if force:
+        return f"it is held by {who}, on another machine: --force takes it over"
+    return None
+
+
+def _link_lock(path: Path, me: dict) -> Optional[float]:
+    """Create the lock whole or not at all: its content goes to a temporary file, which is then
+    hard-linked to the lock's name (fails if the lock exists). Returns None when claimed, else the
+    filesystem's current time (the temporary file's mtime), for judging another lock's heartbeat."""
+    tmp = temporary_path(path)
+    remove_orphans(path)
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, file_mode()))
+        tmp.write_text(json.dumps(me))
+        now = tmp.stat().st_mtime
+    except OSError as error:  # a full disk: no lock at all, and a one-line message
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(path, error) from None
+    try:
+        try:
+            os.link(tmp, path)
+            return None
+        except FileExistsError:
+            return now
+        except OSError:  # a filesystem without hard links: exclusive create, then the content
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, file_mode())
+            except FileExistsError:
+                return now
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            return None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def acquire_lock(run_dir: Path, force: bool = False) -> Optional[str]:
+    """Claim a run for this process: create run_dir/.lock (host, pid, start time) atomically and
+    keep its heartbeat going. Returns None when claimed, else a line saying who holds it. A lock
+    whose process is gone (see _why_stale) is taken over, with a message."""
+    path = Path(run_dir) / LOCK
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteFailed(path.parent, error) from None
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "token": uuid.uuid4().hex}
+    for _ in range(3):
+        now = _link_lock(path, me)
+        if now is None:
+            _start_heartbeat(path, me)
+            return None
+        holder = _lock_holder(path)
+        stale = _why_stale(holder, path, now, force)
+        if not stale:
+            return (f"{run_dir} is being trained by {holder.get('host')}:{holder.get('pid')} since "
+                    f"{holder.get('started')}")
+        if _remove_stale(path, holder):
+            print(f"taking over {run_dir}: {stale}")
     return f"{run_dir}: could not claim its lock; another process is taking it over"
 
 
@@ -196,8 +244,29 @@ def _remove_stale(path: Path, holder: dict) -> bool:
     return True
 
 
+_HEARTBEATS: dict = {}  # lock path -> (the lock's content, the event that stops its thread)
+
+
+def _start_heartbeat(path: Path, me: dict):
+    """Renew the lock's mtime every HEARTBEAT seconds while this process holds it — through long
+    epochs, image decoding and test passes alike — so that only a dead process's lock goes stale."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(HEARTBEAT):
+            if _lock_holder(path).get("token") != me["token"]:
+                return  # taken over (this process was frozen past STALE_AFTER): not ours to renew
+            try:
+                os.utime(path)
+            except OSError:
+                pass
+
+    _HEARTBEATS[str(path)] = (me, stop)
+    threading.Thread(target=beat, name=f"heartbeat {path}", daemon=True).start()
+
+
 def heartbeat(run_dir: Path):
-    """Tell other machines this run is alive (a long epoch must not look like a dead process)."""
+    """Tell other machines this run is alive now (the thread also does, every HEARTBEAT seconds)."""
     try:
         os.utime(Path(run_dir) / LOCK)
     except OSError:
@@ -205,4 +274,10 @@ def heartbeat(run_dir: Path):
 
 
 def release_lock(run_dir: Path):
-    (Path(run_dir) / LOCK).unlink(missing_ok=True)
+    """Stop the heartbeat and remove the lock — only this process's own."""
+    path = Path(run_dir) / LOCK
+    me, stop = _HEARTBEATS.pop(str(path), (None, None))
+    if stop:
+        stop.set()
+    if me is None or _lock_holder(path).get("token") == me["token"]:
+        path.unlink(missing_ok=True)

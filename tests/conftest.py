@@ -105,3 +105,18 @@ def write_json_split(folder: Path, image_dir: str, split_file: str, names, per_c
                 split[part].append([rel, label, name])
     (folder / split_file).write_text(json.dumps(split))
     return split
+
+
+TRAINING_FLAGS = ("--batch-size", "--epochs", "--shots", "--seeds", "--seed")
+
+
+def for_eval_only(argv) -> list:
+    """A training call's arguments without its training flags: --eval-only takes those from the
+    checkpoint and refuses them."""
+    out, dropping = [], False
+    for arg in argv:
+        if arg.startswith("--"):
+            dropping = arg in TRAINING_FLAGS
+        if not dropping:
+            out.append(arg)
+    return out

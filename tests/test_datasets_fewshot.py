@@ -272,9 +272,9 @@ def test_read_only_custom_folder_caches_in_the_user_cache(tmp_path, read_only, u
     sample = fewshot.few_shot(split, 2, seed=1)
     assert Path(sample.cache_path).is_relative_to(user_cache)
     monkeypatch.setattr(datasets, "make_split", lambda *a, **k: pytest.fail("cached split not used"))
-    monkeypatch.setattr(fewshot, "sample_per_class", lambda *a: pytest.fail("cached sample not used"))
     again = datasets.load_dataset(str(root))
-    assert again.train == split.train and fewshot.few_shot(again, 2, seed=1).train == sample.train
+    drawn = fewshot.few_shot(again, 2, seed=1)  # drawn again, and found equal to its record: kept
+    assert again.train == split.train and drawn.train == sample.train and drawn.cache_path == sample.cache_path
 
 
 def test_cache_dir_is_used_first(dtd, tmp_path):
@@ -290,3 +290,69 @@ def test_nowhere_writable_still_samples(dtd, read_only, tmp_path):
     with pytest.warns(UserWarning, match="could not write the cache"):
         sample = fewshot.few_shot(split, 2, seed=1)
     assert sample.cache_path is None and len(sample.train) == 4
+
+
+@pytest.mark.parametrize("tamper", ["more images", "copies of one image"])
+def test_a_cache_is_used_only_when_it_holds_what_the_sampler_draws(dtd, tamper):
+    """A "1-shot" record holding 5 images per class, or copies of one image, with its fingerprint
+    kept: never trained on; the run's sample is what the sampler draws, and its content hash says so."""
+    split = datasets.load_dataset("dtd", dtd)
+    genuine = fewshot.few_shot(split, 1, seed=1)
+    cache = Path(genuine.cache_path)
+    raw = json.loads(cache.read_text())
+    rows = [[i.path.removeprefix(str(split.image_root) + "/"), i.label, i.classname] for i in split.train]
+    raw["train"] = ([r for r in rows if r[1] == 0][:5] + [r for r in rows if r[1] == 1][:5] if tamper == "more images"
+                    else [raw["train"][0]] * 100)
+    cache.write_text(json.dumps(raw))
+    with pytest.warns(UserWarning, match="does not hold the sample the sampler draws"):
+        again = fewshot.few_shot(split, 1, seed=1)
+    assert again.train == genuine.train and len(again.train) == 2 and again.content == genuine.content
+    assert json.loads(cache.read_text())["train"] == _rows_of(genuine.train, split)  # the record is written again
+    assert again.record()["content"] == genuine.content
+    other = fewshot.few_shot(split, 1, seed=2, cache=False)
+    assert other.content != genuine.content  # the hash is of the images, not of the inputs alone
+
+
+def _rows_of(items, split):
+    return [[i.path.removeprefix(str(split.image_root) + "/"), i.label, i.classname] for i in items]
+
+
+@pytest.mark.parametrize("tamper", ["test images added to train", "an image from elsewhere"])
+def test_a_generated_split_whose_parts_overlap_or_name_strangers_is_made_again(tmp_path, tamper):
+    image_dir = tmp_path / "dtd" / "images"
+    for cls in ["banded", "dotted"]:
+        for i in range(10):
+            touch_image(image_dir / cls / f"{i:02d}.jpg")
+    with pytest.warns(UserWarning, match="generated a split"):
+        genuine = datasets.load_dataset("dtd", tmp_path)
+    raw = json.loads(genuine.split_path.read_text())
+    if tamper == "test images added to train":
+        raw["train"] += raw["test"]  # what the fingerprint of the folder's listing cannot see
+    else:
+        raw["train"][0][0] = "banded/zz.jpg"  # no such image in the folder
+    genuine.split_path.write_text(json.dumps(raw))
+    with pytest.warns(UserWarning, match="both train and test" if tamper.startswith("test") else
+                      "not in the image folder"):
+        again = datasets.load_dataset("dtd", tmp_path)
+    assert again.fingerprint == genuine.fingerprint and len(again.train) == len(genuine.train)
+    assert not {i.path for i in again.train} & {i.path for i in again.test}
+    assert json.loads(genuine.split_path.read_text())["train"] == [  # the cache is written again
+        [i.path.removeprefix(str(image_dir) + "/"), i.label, i.classname] for i in again.train]
+
+
+def test_a_full_disk_for_a_cache_is_a_warning_naming_the_file_and_the_free_space(dtd, monkeypatch):
+    import errno
+
+    write_text = Path.write_text
+
+    def full(self, *a, **k):
+        if self.name.startswith(".shot_2-seed_1.json."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, *a, **k)
+
+    split = datasets.load_dataset("dtd", dtd)
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.warns(UserWarning, match=r"split_fewshot/shot_2-seed_1.json: no space left on the device \(.* free "
+                                         r"there\)") as caught:
+        sample = fewshot.few_shot(split, 2, seed=1)
+    assert sample.cache_path is None and len(sample.train) == 4 and "Traceback" not in str(caught[0].message)

@@ -2,6 +2,8 @@
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from experiments import datasets
 from experiments import fewshot
 from experiments import runs
 import train
-from conftest import touch_image, write_json_split
+from conftest import for_eval_only, touch_image, write_json_split
 from test_train import CLASSES, COLORS, read_result
 
 
@@ -72,7 +74,8 @@ def test_eval_only_takes_the_run_from_the_checkpoint_and_keeps_the_training_resu
     assert train.main(base_args) == 0
     trained = (run_dir(tmp_path) / "result.json").read_text()
     # no --dataset, no --shots: both come from the checkpoint; the record goes to eval.json
-    assert train.main(base_args[:-4] + ["--eval-only", "--checkpoint", str(run_dir(tmp_path) / "checkpoint.pt")]) == 0
+    checkpoint = str(run_dir(tmp_path) / "checkpoint.pt")
+    assert train.main(for_eval_only(base_args[:-4] + ["--eval-only", "--checkpoint", checkpoint])) == 0
     assert (run_dir(tmp_path) / "result.json").read_text() == trained
     evaluated = json.loads((run_dir(tmp_path) / "eval.json").read_text())
     assert evaluated["shots"] == 2 and evaluated["seed"] == 1 and evaluated["dataset"] == "Caltech101"
@@ -84,10 +87,11 @@ def test_eval_only_takes_the_run_from_the_checkpoint_and_keeps_the_training_resu
 def test_eval_only_refuses_other_classes_unless_asked(base_args, tmp_path, capsys):
     assert train.main(base_args) == 0
     checkpoint = str(run_dir(tmp_path) / "checkpoint.pt")
-    assert train.main(base_args[:-4] + ["--dataset", "sun397", "--eval-only", "--checkpoint", checkpoint]) == 2
+    assert train.main(for_eval_only(base_args[:-4] + ["--dataset", "sun397", "--eval-only", "--checkpoint",
+                                                      checkpoint])) == 2
     assert "--transfer" in capsys.readouterr().err
-    assert train.main(base_args[:-4] + ["--dataset", "sun397", "--eval-only", "--transfer", "--checkpoint",
-                                        checkpoint]) == 0
+    assert train.main(for_eval_only(base_args[:-4] + ["--dataset", "sun397", "--eval-only", "--transfer",
+                                                      "--checkpoint", checkpoint])) == 0
     evaluated = json.loads((tmp_path / "runs/sun397/shots_2/seed_1/eval.json").read_text())
     assert evaluated["trained_on"] == "Caltech101" and evaluated["n_classes"] == 3
 
@@ -143,8 +147,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(base_args, tmp_path, capsys
     evil = run_dir(tmp_path) / "checkpoint.pt"
     evil.parent.mkdir(parents=True)
     torch.save({"injectors": {}, "meta": MakesAFile(str(marker))}, evil)
-    extra = ["--eval-only", "--checkpoint", str(evil)] if how == "eval-only" else ["--resume"]
-    assert train.main(base_args + extra) == 2
+    call = (for_eval_only(base_args + ["--eval-only", "--checkpoint", str(evil)]) if how == "eval-only"
+            else base_args + ["--resume"])
+    assert train.main(call) == 2
     err = capsys.readouterr().err
     assert "not a PiNI checkpoint, or not a safe one" in err and str(evil) in err and "Traceback" not in err
     assert not marker.exists()
@@ -158,7 +163,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(base_args, tmp_path, capsys
 def test_a_broken_checkpoint_gives_one_line(base_args, tmp_path, capsys, content):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(content)
-    assert train.main(base_args + ["--eval-only", "--checkpoint", str(broken)]) == 2
+    assert train.main(for_eval_only(base_args + ["--eval-only", "--checkpoint", str(broken)])) == 2
     err = capsys.readouterr().err
     assert "not a PiNI checkpoint" in err and "Traceback" not in err
 
@@ -273,8 +278,9 @@ def test_eval_only_uses_the_checkpoints_clip(base_args, config_dir, tmp_path, ca
     assert train.main(args + ["--epochs", "1"]) == 0
     trained = read_result(args)["accuracy"]
     # the command line names the ViT: the checkpoint's ResNet must be used all the same
-    assert train.main(base_args[:-4] + ["--eval-only", "--checkpoint", str(run_dir(tmp_path) / "checkpoint.pt"),
-                                        "--output-dir", str(tmp_path / "e")]) == 0
+    checkpoint = str(run_dir(tmp_path) / "checkpoint.pt")
+    assert train.main(for_eval_only(base_args[:-4] + ["--eval-only", "--checkpoint", checkpoint,
+                                                      "--output-dir", str(tmp_path / "e")])) == 0
     assert "evaluating with the checkpoint's CLIP" in capsys.readouterr().out
     evaluated = json.loads((tmp_path / "e/caltech101/shots_2/seed_1/eval.json").read_text())
     assert evaluated["accuracy"] == trained and evaluated["settings"]["model"] == resnet
@@ -292,8 +298,8 @@ def test_evaluations_are_not_rows_of_the_summary(base_args, data_root, tmp_path)
         touch_image(sketch / "images" / f"n0{i}" / "0.jpg")
     (sketch / "classnames.txt").write_text("".join(f"n0{i} {name}\n" for i, name in enumerate(CLASSES)))
     assert train.main(base_args + ["--epochs", "1"]) == 0
-    assert train.main(base_args[:-4] + ["--dataset", "imagenet_sketch", "--eval-only", "--checkpoint",
-                                        str(run_dir(tmp_path) / "checkpoint.pt")]) == 0
+    assert train.main(for_eval_only(base_args[:-4] + ["--dataset", "imagenet_sketch", "--eval-only", "--checkpoint",
+                                        str(run_dir(tmp_path) / "checkpoint.pt")])) == 0
     rows = list(csv.DictReader(open(tmp_path / "runs/summary.csv")))
     assert [r["dataset"] for r in rows] == ["Caltech101"]
     assert "average (1 dataset)" in (tmp_path / "runs/summary.md").read_text()
@@ -301,8 +307,8 @@ def test_evaluations_are_not_rows_of_the_summary(base_args, data_root, tmp_path)
 
 def test_transfer_keeps_the_checkpoints_template(base_args, tmp_path):
     assert train.main(base_args + ["--epochs", "1"]) == 0
-    assert train.main(base_args[:-4] + ["--dataset", "dtd", "--eval-only", "--transfer", "--checkpoint",
-                                        str(run_dir(tmp_path) / "checkpoint.pt")]) == 0
+    assert train.main(for_eval_only(base_args[:-4] + ["--dataset", "dtd", "--eval-only", "--transfer", "--checkpoint",
+                                        str(run_dir(tmp_path) / "checkpoint.pt")])) == 0
     evaluated = json.loads((tmp_path / "runs/dtd/shots_2/seed_1/eval.json").read_text())
     assert evaluated["settings"]["template"] == "a photo of a"  # DTD's own is "texture": another token count
 
@@ -323,6 +329,10 @@ def test_your_own_folder_never_shares_a_benchmarks_output_folder(base_args, tmp_
     (["--zero-shot", "--ablation"], "drop --zero-shot"),
     (["--text-noise", "none", "--image-noise", "none"], "leave nothing to train"),
     (["--seeds", "-1"], "--seeds/--seed: must be an integer ≥ 0"),
+    (["--force", "--resume"], "--force starts runs again and --resume continues them: choose one"),
+    (["--eval-only", "--checkpoint", "x.pt", "--ablation"],
+     "trains nothing: drop --shots --epochs --batch-size --ablation"),
+    (["--summarize"], "--summarize only reads --output-dir: drop --batch-size --data-root --dataset"),
 ])
 def test_flags_that_make_no_sense_together_are_refused(base_args, capsys, flags, message):
     with pytest.raises(SystemExit):
@@ -355,8 +365,163 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
         tmp.write_text("half of the new")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match=f"cannot write {path}: no space left on the device"):
         files.atomic_write(path, half_then_fail)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
     files.atomic_write_text(path, "new")
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+
+# --- nothing lost, nothing stuck, nothing trusted that was not checked ------------------------
+
+def test_force_replaces_a_finished_run_only_when_the_new_one_finishes(base_args, tmp_path, monkeypatch, capsys):
+    assert train.main(base_args) == 0
+    folder = run_dir(tmp_path)
+    before = {name: (folder / name).read_bytes() for name in ("result.json", "checkpoint.pt")}
+    original = train.save_checkpoint
+
+    def interrupt(path, *args):
+        original(path, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", interrupt)
+    capsys.readouterr()
+    assert train.main(base_args + ["--force", "--lr", "0.01"]) == 130  # cut after the new run's first epoch
+    out = capsys.readouterr().out
+    assert f"replacing the finished run in {folder} (--force)" in out and "unfinished" not in out
+    assert {name: (folder / name).read_bytes() for name in before} == before  # the finished run is whole
+    monkeypatch.undo()
+    assert train.main(base_args) == 0 and "already finished" in capsys.readouterr().out
+    assert train.main(base_args + ["--force", "--lr", "0.01"]) == 0
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert state["meta"]["settings"]["lr"] == 0.01 and len(state["history"]) == 2
+    assert json.loads((folder / "result.json").read_text())["settings"]["lr"] == 0.01
+    assert not (folder / train.NEXT_CHECKPOINT).exists()
+
+
+def enospc_on(monkeypatch, name):
+    """Make the write of the file called `name` fail as a full disk does (torch.save: its own error)."""
+    import errno
+
+    import matplotlib.figure
+
+    def full(path):
+        if Path(path).name.startswith(f".{name}."):
+            if name.endswith(".pt"):
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
+                                   "writing file data/0: file write failed")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    save, write_text, savefig = torch.save, Path.write_text, matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(runs.torch, "save", lambda obj, f, *a, **k: full(f) or save(obj, f, *a, **k))
+    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: full(self) or write_text(self, *a, **k))
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, f, *a, **k: full(f) or savefig(self, f, *a, **k))
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "result.json", "noise.png", "summary.md"])
+def test_a_full_disk_is_one_line_naming_the_file_and_earlier_results_stay(base_args, tmp_path, monkeypatch, capsys,
+                                                                          name):
+    assert train.main(base_args + ["--epochs", "1"]) == 0
+    earlier = (run_dir(tmp_path) / "result.json").read_bytes()
+    enospc_on(monkeypatch, name)
+    assert train.main(base_args + ["--epochs", "1", "--seeds", "1", "2"]) == 2
+    err = capsys.readouterr().err
+    target = tmp_path / "runs" / name if name == "summary.md" else run_dir(tmp_path, seed=2) / name
+    assert f"error: cannot write {target}: no space left on the device (" in err and " free there)" in err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"error: cannot write {target}")
+    assert (run_dir(tmp_path) / "result.json").read_bytes() == earlier
+    assert not [p for p in (tmp_path / "runs").rglob("*.tmp")]
+    monkeypatch.undo()
+    assert train.main(base_args + ["--epochs", "1", "--seeds", "1", "2"]) == 0
+    if name == "noise.png":  # the finished run's missing plot is drawn from its checkpoint
+        assert "drew the missing" in capsys.readouterr().out
+    assert (run_dir(tmp_path, seed=2) / "noise.png").stat().st_size > 0
+
+
+def test_files_follow_the_umask(base_args, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        assert train.main(base_args + ["--epochs", "1"]) == 0
+    finally:
+        os.umask(previous)
+    folder = run_dir(tmp_path)
+    written = [folder / "result.json", folder / "checkpoint.pt", folder / "noise.png", tmp_path / "runs/summary.md",
+               *(tmp_path / "data/caltech-101/split_fewshot").iterdir()]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
+
+
+def test_eval_only_keeps_another_evaluation_and_never_draws_a_runs_noise_png(base_args, tmp_path, capsys):
+    assert train.main(base_args + ["--epochs", "1"]) == 0
+    folder = run_dir(tmp_path)
+    plot = (folder / "noise.png").read_bytes()
+    call = for_eval_only(base_args[:-4] + ["--eval-only", "--checkpoint", str(folder / "checkpoint.pt")])
+    assert train.main(call) == 0
+    first = (folder / "eval.json").read_text()
+    assert train.main(call + ["--inference", "average"]) == 0
+    assert "keeping" in capsys.readouterr().out and (folder / "eval.json").read_text() == first
+    [other] = folder.glob("eval-average-*.json")
+    assert json.loads(other.read_text())["settings"]["inference"] == "average"
+    assert (folder / "noise.png").read_bytes() == plot  # the run's own plot
+    assert (folder / "eval.noise.png").is_file() and (folder / f"{other.stem}.noise.png").is_file()
+    found = {r["record_path"] for r in runs.find_records(tmp_path / "runs")}
+    assert str(other.relative_to(tmp_path / "runs")) in found
+
+
+def test_summarize_with_no_results_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "summary.md").write_text("someone's table")
+    assert train.main(["--output-dir", str(out), "--summarize"]) == 0
+    assert "no results in" in capsys.readouterr().out and (out / "summary.md").read_text() == "someone's table"
+    assert sorted(p.name for p in out.iterdir()) == ["summary.md"]
+
+
+def test_a_folder_named_by_a_checkpoint_is_never_read_or_written(base_args, tmp_path, capsys):
+    own = tmp_path / "mine" / "dtd"
+    for name in ("banded", "dotted"):
+        for i in range(5):
+            touch_image(own / name / f"{i}.jpg")
+    assert train.main(base_args[:-4] + ["--dataset", str(own), "--shots", "1", "--epochs", "1"]) == 0
+    for cache in [own / "split_pini.json", *own.glob("split_fewshot/*")]:
+        cache.unlink()
+    checkpoint = tmp_path / "runs/own_dtd/shots_1/seed_1/checkpoint.pt"
+    assert train.main(for_eval_only(base_args[:-4] + ["--eval-only", "--checkpoint", str(checkpoint)])) == 2
+    err = capsys.readouterr().err
+    assert "trained on a folder of its own" in err and "--dataset" in err
+    assert not (own / "split_pini.json").exists()  # nothing written into it
+    assert train.main(for_eval_only(base_args[:-4] + ["--dataset", str(own), "--eval-only", "--checkpoint",
+                                                      str(checkpoint)])) == 0  # named: used
+
+
+def test_a_file_where_a_run_folder_should_go_is_one_line(base_args, tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs/caltech101").write_text("")
+    assert train.main(base_args + ["--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'runs/caltech101'}" in err and "a file stands where" in err
+    assert "Traceback" not in err
+
+
+def test_a_nul_byte_in_a_split_path_names_the_split_file(base_args, data_root, capsys):
+    path = data_root / "caltech-101/split_zhou_Caltech101.json"
+    raw = json.loads(path.read_text())
+    raw["train"][0][0] = "face/a\x00b.jpg"
+    path.write_text(json.dumps(raw))
+    assert train.main(base_args) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is not a split file: train[0] has a NUL byte in its path" in err
+
+
+def test_an_orphan_temporary_file_is_removed_at_the_next_write(tmp_path):
+    from experiments import files
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f".result.json.{files.HOST}.{dead.pid}.0123abcd.tmp"  # a kill during a write
+    orphan.write_text("half")
+    live = tmp_path / f".result.json.{files.HOST}.{os.getpid()}.4567abcd.tmp"  # another writer, still at work
+    live.write_text("half")
+    files.atomic_write_text(tmp_path / "result.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["result.json", live.name])

@@ -12,7 +12,7 @@ from experiments import epochs
 from experiments import image_data
 import pini
 import train
-from conftest import touch_image, write_json_split
+from conftest import for_eval_only, touch_image, write_json_split
 
 CLASSES = ["face", "leopard", "motorbike", "accordion"]
 COLORS = [(220, 20, 20), (20, 220, 20), (20, 20, 220), (220, 220, 20)]
@@ -127,16 +127,16 @@ def test_eval_only_reloads_the_injectors(base_args, tmp_path, capsys):
     assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2", "--inference", "mean"]) == 0
     checkpoint = tmp_path / "runs/caltech101/shots_2/seed_1/checkpoint.pt"
     trained = read_result(base_args)["accuracy"]
-    assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2", "--eval-only",
-                                   "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "e")]) == 0
+    assert train.main(for_eval_only(base_args + ["--dataset", "caltech101", "--shots", "2", "--eval-only",
+                                   "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "e")])) == 0
     evaluated = json.loads((tmp_path / "e/caltech101/shots_2/seed_1/eval.json").read_text())["accuracy"]
     assert evaluated == trained
     # a checkpoint whose injectors do not fit the model is refused in one line
     state = torch.load(checkpoint, weights_only=True)
     state["injectors"].pop(sorted(state["injectors"])[0])
     torch.save(state, tmp_path / "tampered.pt")
-    code = train.main(base_args + ["--eval-only", "--checkpoint", str(tmp_path / "tampered.pt"),
-                                   "--output-dir", str(tmp_path / "f")])
+    code = train.main(for_eval_only(base_args + ["--eval-only", "--checkpoint", str(tmp_path / "tampered.pt"),
+                                   "--output-dir", str(tmp_path / "f")]))
     assert code == 2
     assert "does not match the model" in capsys.readouterr().err
 
@@ -312,8 +312,8 @@ def test_test_only_sets_are_for_evaluation(base_args, tmp_path, capsys):
     assert "test-only set" in capsys.readouterr().err
     assert train.main(base_args + ["--dataset", "caltech101", "--shots", "2"]) == 0
     checkpoint = tmp_path / "runs/caltech101/shots_2/seed_1/checkpoint.pt"
-    assert train.main(base_args + ["--dataset", "imagenet_sketch", "--shots", "2", "--eval-only",
-                                   "--checkpoint", str(checkpoint)]) == 0
+    assert train.main(for_eval_only(base_args + ["--dataset", "imagenet_sketch", "--shots", "2", "--eval-only",
+                                   "--checkpoint", str(checkpoint)])) == 0
     out = base_args[base_args.index("--output-dir") + 1]
     result = json.loads(open(f"{out}/imagenet_sketch/shots_2/seed_1/eval.json").read())
     assert result["n_train"] == 0 and result["n_test"] == 4 and result["history"]  # the trained run's history
@@ -351,3 +351,11 @@ def test_a_run_made_with_the_other_activation_is_not_reused(base_args, capsys):
     capsys.readouterr()
     assert train.main(args + ["--activation", "quick-gelu"]) == 2
     assert "activation: gelu → quick-gelu" in capsys.readouterr().err
+
+
+def test_zero_shot_on_a_test_only_set_says_where_its_result_goes(base_args, tmp_path, capsys):
+    assert train.main(base_args + ["--dataset", "imagenet_sketch", "--zero-shot"]) == 0
+    out = capsys.readouterr().out
+    result = tmp_path / "runs/imagenet_sketch/zero_shot/result.json"
+    assert f"ImageNetSketch is a test-only set: its zero-shot result goes to {result}, not to a row" in out
+    assert result.is_file() and "ImageNetSketch" not in (tmp_path / "runs/summary.md").read_text()
