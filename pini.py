@@ -1221,23 +1221,23 @@ def pini_objective(output: PiNIOutput, labels: torch.Tensor, ce_weight: float = 
 
 
 def pi_noise_information(clean_logits: torch.Tensor, noisy_logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """The quantities of the paper's pi-noise reading (Eq. 2), estimated on a batch, in nats:
+    """The quantities of the paper's pi-noise reading (Eq. 2, *inferred*), estimated on a batch, in nats:
 
-    task_entropy       Ĥ(T) = mean −log p(y | x, P)            the clean frozen classifier's cross-entropy
-    conditional_bound  mean over K of −log q(y | x, ε_k, P)    the loss, Eq. 5: an unbiased estimate of
-                                                               the upper bound of Eq. 4 on H(Y | X, E)
-    information_bound  Ĥ(T) − conditional_bound                the cross-entropy the noise removes
+    task_entropy          Ĥ(T) = mean −log p(y | x, P)          the clean frozen classifier's cross-entropy
+    conditional_estimate  mean over K of −log q(y | x, ε_k, P)  the loss, Eq. 5: a Monte-Carlo estimate whose
+                                                                expectation is the upper bound of Eq. 4 on
+                                                                H(Y | X, E); one draw is not a bound
+    information_estimate  Ĥ(T) − conditional_estimate           the cross-entropy the noise removes
 
-    A positive information_bound says that the noisy classifier predicts these labels better than the
+    A positive information_estimate says that the noisy classifier predicts these labels better than the
     clean one — pi-noise in the paper's model-based sense, up to sampling error. It does *not* certify
-    pi-noise in Shannon's sense: in expectation it is a lower bound on H(T) − H(Y | X, E) = H(T) − H(Y | X),
+    pi-noise in Shannon's sense: in expectation it is at most H(T) − H(Y | X, E) = H(T) − H(Y | X),
     which is ≥ 0 for every noise (Gibbs; plain N(0, I) noise gives about +0.39 nats in notebook 01), and
-    the true I(Y; E | X) is 0 for any noise drawn without seeing y (Eq. 3). The names are kept for
-    compatibility: "bound" refers to Eq. 4.
+    the true I(Y; E | X) is 0 for any noise drawn without seeing y (Eq. 3).
 
     clean_logits (B, C); noisy_logits (K, B, C).
     """
     K, B, C = noisy_logits.shape
     task_entropy = F.cross_entropy(clean_logits.float(), labels)
-    bound = F.cross_entropy(noisy_logits.reshape(K * B, C).float(), labels.repeat(K))
-    return {"task_entropy": task_entropy, "conditional_bound": bound, "information_bound": task_entropy - bound}
+    estimate = F.cross_entropy(noisy_logits.reshape(K * B, C).float(), labels.repeat(K))
+    return {"task_entropy": task_entropy, "conditional_estimate": estimate, "information_estimate": task_entropy - estimate}

@@ -168,7 +168,7 @@ def test_pi_noise_information_is_entropy_minus_bound():
     h = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
     h_noisy = (math.log(1 + math.exp(-4)) + math.log(1 + math.exp(-3))) / 2
     assert info["task_entropy"].item() == pytest.approx(h)
-    assert info["information_bound"].item() == pytest.approx(h - h_noisy)
+    assert info["information_estimate"].item() == pytest.approx(h - h_noisy)
 
 
 def test_inference_modes(tiny_vit):
