@@ -241,7 +241,7 @@ TRAINING_FLAGS = ("shots", "seeds", "text_noise", "text_generator", "image_noise
                   "pixel_level", "noise_samples", "ce_weight", "kl_weight", "prior_std", "epochs", "lr",
                   "batch_size", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "cache_views", "augment",
                   "resume", "force", "ablation", "zero_shot", "shard")
-SUMMARIZE_READS = ("output_dir", "summarize", "started")
+SUMMARIZE_READS = ("output_dir", "output_dir_given", "summarize", "started")  # and what parse_args derives
 
 
 def _ignored_flags(args, parser) -> list:

@@ -10,7 +10,7 @@ from PIL import Image
 from experiments import classify
 import pini
 import train
-from conftest import noise_png, write_json_split
+from conftest import for_eval_only, noise_png, write_json_split
 
 CLASSES = ["face", "leopard", "motorbike", "accordion"]
 
@@ -76,7 +76,7 @@ def test_top1_equals_the_test_pass(base_args, default_checkpoint, test_images, m
 
     monkeypatch.setattr(pini.PiNI, "predict", recording)
     images = test_images if mode == "mean" else test_images[:1]
-    assert train.main(base_args + ["--eval-only", "--checkpoint", default_checkpoint, "--inference", mode,
+    assert train.main(for_eval_only(base_args) + ["--eval-only", "--checkpoint", default_checkpoint, "--inference", mode,
                                    "--test-batch-size", "100" if mode == "mean" else "1",
                                    "--output-dir", str(tmp_path / "eval")]) == 0
     tested = predicted[:len(images)]  # [[probability per class]] per image
