@@ -141,6 +141,25 @@ def load_clip(model: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
     return clip, tokenizer, train_transform(clip.visual.preprocess_cfg), eval_transform
 
 
+def freeze_in_dtype(clip, dtype: Optional[torch.dtype]):
+    """Store the frozen CLIP's matrix weights in `dtype` (fp16/bf16) once, for use under autocast.
+
+    Autocast casts a weight to the compute dtype at every use unless it is a leaf that requires
+    grad (only those casts are cached), and CLIP's weights are frozen: an fp32 CLIP under fp16
+    autocast costs one cast kernel per weight per use, every step (tests/test_precision.py counts
+    them). The authors keep CLIP in fp16 (OpenAI's clip.model.convert_weights); open_clip's
+    `convert_weights_to_lp` is the same conversion: convolution, linear and attention weights and
+    the two projections go to `dtype`; LayerNorms, embeddings and logit_scale stay fp32. The
+    residual stream then runs in `dtype`, as the authors'; LayerNorm statistics stay fp32 (CUDA
+    autocast runs layer_norm in fp32; the CPU's bf16 layer_norm accumulates mean and variance in
+    fp32: tests/test_precision.py). The injectors are not touched: their parameters stay fp32, and
+    the logits are read in fp32 (`cosine_logits`).
+    dtype None (fp32): nothing changes. Returns clip."""
+    if dtype is not None and dtype != torch.float32:
+        open_clip.model.convert_weights_to_lp(clip, dtype)
+    return clip
+
+
 ACTIVATIONS = ("auto", "gelu", "quick-gelu")
 
 

@@ -180,7 +180,7 @@ def test_and_record(model, job, options, ctx, path: Path, settings: dict, histor
     runs.write_record(path, record)
     if promote:
         os.replace(promote, path.with_name(CHECKPOINT))
-    plot_noise(model, test_loader, ctx.device,
+    plot_noise(model, test_loader, ctx,
                path.with_name("noise.png") if path.name in (RESULT, EVAL_RESULT) and not extra.get("checkpoint_file")
                else path.with_name(f"{path.stem}.noise.png"))
     tqdm.write(f"{job.split.info.name} {job.shots}-shot seed {job.seed}: test accuracy {accuracy:.2f}%")
@@ -243,6 +243,8 @@ def load_context(args, checkpoint: Optional[dict], device, precision: str) -> Co
     ctx = Context(*pini.load_clip(model, weights, device, activation), device=device, precision=precision)
     if ctx.param_dtype is not None:
         ctx.clip.to(ctx.param_dtype)  # the authors' clip.build_model keeps CLIP in fp16
+    else:  # fp16/bf16 autocast (CUDA, or bf16 on the CPU): CLIP's matrices cast once here, not at every use
+        pini.freeze_in_dtype(ctx.clip, ctx.amp_dtype)
     return ctx
 
 
@@ -323,10 +325,12 @@ def load_injectors(model: pini.PiNI, state: dict, path):
 
 
 @torch.no_grad()
-def plot_noise(model: pini.PiNI, test_loader, device, path: Path):
-    """What the injectors learned, on a few test images (report.plot_noise, report.plot_noise_maps)."""
-    images = next(iter(test_loader))[0][:4].to(device, dtype=next(model.clip.parameters()).dtype)
-    noise = model(images, use_mean=True).noise
+def plot_noise(model: pini.PiNI, test_loader, ctx: Context, path: Path):
+    """What the injectors learned, on a few test images (report.plot_noise, report.plot_noise_maps).
+    Under the run's autocast, as every other forward: CLIP's matrices may be stored in its dtype."""
+    images = ctx.inputs(next(iter(test_loader))[0][:4])
+    with ctx.autocast():
+        noise = model(images, use_mean=True).noise
     panels = {}
     for name, gaussian in noise.items():
         mu, sigma = gaussian.mu.float().cpu(), gaussian.sigma.float().cpu()
@@ -412,7 +416,7 @@ def redraw_missing_noise(job: Job, args, ctx: Context, run_dir: Path):
     model = build_model(options, ctx, job.split)
     load_injectors(model, runs.load_checkpoint(checkpoint, ctx.device)["injectors"], checkpoint)
     test_loader = loader(job.split.test, ctx.eval_tf, options.test_batch_size, options.workers)
-    plot_noise(model, test_loader, ctx.device, png)
+    plot_noise(model, test_loader, ctx, png)
     tqdm.write(f"drew the missing {png} from its checkpoint")
 
 

@@ -8,7 +8,8 @@
 #      parts, the image-tower floor, peak memory;
 #   3. the same epoch with the PIL data path (--augment pil), to show what the tensor path saves;
 #   4. the tensor augmentation's time per batch, image by image against a batch at once;
-#   5. host syncs (read by the step, and reported by CUDA) and aten operators per training step.
+#   5. host syncs (read by the step, and reported by CUDA) and aten operators per training step;
+#   6. aten operators and cast kernels per training step, CLIP's weights fp32 against cast once.
 # open_clip_torch and ftfy (+ wcwidth) must be importable; on a machine without a registry, install
 # their wheels first, e.g. pip install --no-index --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -o pipefail
@@ -29,4 +30,8 @@ timeout 90 python3 benchmarks/augment.py --device cuda --batch-size 32 --batches
 for precision in fp16 bf16; do
   timeout 120 python3 benchmarks/step_syncs.py --model ViT-B-16 --device cuda --classes 100 1000 \
     --precision "$precision" 2>&1 | grep -v -e WARNING -e USDT -e ERROR | tee "$OUT/syncs_$precision.txt"
+done
+for precision in fp16 bf16; do
+  timeout 120 python3 benchmarks/casts.py --model ViT-B-16 --device cuda --classes 100 1000 \
+    --precision "$precision" 2>&1 | grep -v -e WARNING -e USDT -e ERROR | tee "$OUT/casts_$precision.txt"
 done

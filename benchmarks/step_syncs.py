@@ -69,6 +69,7 @@ def main(argv=None) -> dict:
         size = clip.visual.preprocess_cfg["size"]
         model = pini.PiNI(clip, tokenizer, class_names(C))
         ctx = epochs.Context(clip, tokenizer, None, None, device, args.precision)
+        pini.freeze_in_dtype(clip, ctx.amp_dtype)  # as train.py: CLIP's matrices in the autocast dtype
         optimizer = torch.optim.SGD(model.trainable_parameters(), lr=1e-3, momentum=0.9)
         scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
         size = (size, size) if isinstance(size, int) else tuple(size)

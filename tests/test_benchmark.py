@@ -112,7 +112,8 @@ def test_the_gpu_checklist_only_uses_flags_the_benchmarks_have():
     script = (SCRIPT.parent / "gpu_check.sh").read_text().replace("\\\n", " ")
     commands = re.findall(r"python3 (benchmarks/\w+\.py)([^|\n]*)", script)
     assert {path for path, _ in commands} == {"benchmarks/train_step.py", "benchmarks/epoch.py",
-                                              "benchmarks/augment.py", "benchmarks/step_syncs.py"}
+                                              "benchmarks/augment.py", "benchmarks/step_syncs.py",
+                                              "benchmarks/casts.py"}
     for path, rest in commands:
         spec = importlib.util.spec_from_file_location(Path(path).stem + "_checked", SCRIPT.parents[1] / path)
         bench = importlib.util.module_from_spec(spec)
@@ -143,3 +144,19 @@ def test_the_step_benchmark_counts_no_host_read_in_a_step(config_dir, capsys):
     out = capsys.readouterr().out
     assert results[5]["reads"] == 0 and results[5]["ops"] > 100
     assert re.search(r"^\s+5\s+0\.0\s+n/a\s+\d+$", out, re.M), out
+
+
+def test_the_cast_benchmark_counts_fewer_casts_with_clip_cast_once(config_dir, capsys):
+    results = load_script("casts").main(["--model", str(config_dir / "tiny-vit.json"), "--classes", "5",
+                                         "--batch-size", "2"])
+    out = capsys.readouterr().out
+    before, after = results[5]["before"], results[5]["after"]
+    assert after["casts"] < 0.6 * before["casts"] and after["weight casts"] <= 0.1 * before["weight casts"]
+    assert "tiny-vit.json" in out and "batch 2" in out and "CPU" in out and "bf16" in out
+    rows = re.search(r"^\s+5" + r"\s+(\d+) ->\s+(\d+)\s+([\d.]+)" * 4 + "$", out, re.M)
+    assert rows, out
+    columns = ["ops", "kernels", "casts", "weight casts"]
+    for k, (start, end, ratio) in zip(columns, zip(*[iter(rows.groups())] * 3)):
+        assert (int(start), int(end)) == (before[k], after[k])
+        assert abs(float(ratio) - after[k] / before[k]) < 0.006
+    assert after["kernels"] < before["kernels"] < before["ops"]

@@ -364,3 +364,21 @@ def test_a_cuda_error_while_loading_is_reported_as_one_not_as_bad_weights(config
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA error: invalid device ordinal")))
     with pytest.raises(pini.CUDAError, match="failed with a CUDA error: CUDA error: invalid device ordinal"):
         pini.load_clip(str(config_dir / "tiny-vit.json"), "none", device="cuda:7")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_training_step_runs_on_cuda_with_clip_cast_once(fake_model, precision):
+    """train.py's CUDA set-up: CLIP's matrices stored in the autocast dtype (pini.freeze_in_dtype),
+    the injectors in fp32, logits and loss in fp32 (the backward pass: test_precision.py, on the CPU)."""
+    model, context = fake_model
+    with fake_cuda() as mode:
+        model = to_fake_cuda(model, mode)
+        ctx = context(model, precision)
+        pini.freeze_in_dtype(model.clip, ctx.amp_dtype)
+        assert model.clip.transformer.resblocks[0].mlp.c_fc.weight.dtype == ctx.amp_dtype
+        assert {p.dtype for p in model.trainable_parameters()} == {torch.float32}
+        images, labels = batch()
+        with ctx.autocast():
+            output = model(images, num_samples=OPTIONS.noise_samples)
+            losses = pini.pini_objective(output, labels, 1.0, OPTIONS.kl_weight, 1.0)
+        assert output.logits.dtype == losses["loss"].dtype == torch.float32 and output.logits.is_cuda

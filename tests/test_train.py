@@ -1,5 +1,6 @@
 """train.py end to end on CPU: a tiny random open_clip model and a generated Caltech101 tree."""
 import csv
+from types import SimpleNamespace
 import json
 
 import open_clip
@@ -340,7 +341,8 @@ def test_noise_maps_follow_what_the_injector_declares(config_dir, monkeypatch, t
                     "pixel": mu.shape == images.shape}
         assert expected[injector.spatial], (name, injector.spatial, tuple(mu.shape))
         path = tmp_path / name / "noise.png"
-        train.plot_noise(model, [(images, torch.zeros(2))], "cpu", path)
+        ctx = epochs.Context(clip, tokenizer, None, None, torch.device("cpu"), "fp32")
+        train.plot_noise(model, [(images, torch.zeros(2))], ctx, path)
         assert path.is_file() and path.with_name("noise_maps.png").is_file() == (injector.spatial is not None), name
 
 
@@ -359,3 +361,21 @@ def test_zero_shot_on_a_test_only_set_says_where_its_result_goes(base_args, tmp_
     result = tmp_path / "runs/imagenet_sketch/zero_shot/result.json"
     assert f"ImageNetSketch is a test-only set: its zero-shot result goes to {result}, not to a row" in out
     assert result.is_file() and "ImageNetSketch" not in (tmp_path / "runs/summary.md").read_text()
+
+
+def test_bf16_on_the_cpu_trains_with_clip_cast_once(base_args, monkeypatch):
+    """--precision bf16: load_context stores CLIP's matrices in bf16 once (pini.freeze_in_dtype),
+    the injectors stay fp32; training, evaluation and zero-shot all run on that CLIP."""
+    contexts = []
+    real = train.load_context
+    monkeypatch.setattr(train, "load_context", lambda *a, **k: contexts.append(real(*a, **k)) or contexts[-1])
+    args = base_args + ["--dataset", "caltech101", "--precision", "bf16"]
+    assert train.main(args + ["--shots", "2"]) == 0 and train.main(args + ["--zero-shot"]) == 0
+    assert 0 <= read_result(base_args)["accuracy"] <= 100
+    for ctx in contexts:
+        block = ctx.clip.transformer.resblocks[0]
+        assert block.mlp.c_fc.weight.dtype == ctx.clip.visual.proj.dtype == torch.bfloat16
+        assert block.ln_1.weight.dtype == torch.float32
+    fp32 = real(SimpleNamespace(model=base_args[base_args.index("--model") + 1], pretrained="none"),
+                None, torch.device("cpu"), "fp32")
+    assert {p.dtype for p in fp32.clip.parameters()} == {torch.float32}
