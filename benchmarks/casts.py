@@ -79,10 +79,14 @@ def counts(args, C: int, cast_once: bool) -> dict:
     labels = torch.randint(C, (args.batch_size,), device=device)
     options = SimpleNamespace(noise_samples=1, ce_weight=1.0, kl_weight=0.0, prior_std=1.0)
 
-    def step():
-        epochs.train_step(model, images, None, labels, optimizer, scaler, options, ctx)
+    return measure(lambda: epochs.train_step(model, images, None, labels, optimizer, scaler, options, ctx), clip)
 
-    step()  # warm-up: the optimiser's state, the scaler's first scale
+
+def measure(step, clip) -> dict:
+    """Operators of one call of `step` after a warm-up call (the optimiser's state, the scaler's first
+    scale): aten ops, those that launch a kernel, cast kernels, and casts of `clip`'s own weights
+    (tests/test_precision.py counts with this too)."""
+    step()
     with torch.profiler.profile() as profile:
         step()
     names = [event.name for event in profile.events()]

@@ -1,12 +1,17 @@
 """Precision that keeps the answer: logits in fp32 under autocast, a KL that stays finite."""
 import copy
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from experiments import epochs
 import pini
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import casts  # noqa: E402
 
 
 def near_tied_features(n=256, classes=8, dim=24, seed=0):
@@ -120,20 +125,6 @@ def test_an_update_below_fp16_resolution_is_lost_only_in_the_authors_mode(tiny_v
 # CLIP's weights cast once (pini.freeze_in_dtype), not by autocast at every use
 # ----------------------------------------------------------------------------------------------
 
-class WeightCasts(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts aten::_to_copy calls (the cast kernel) whose input is one of `tensors`' storage."""
-
-    def __init__(self, tensors):
-        super().__init__()
-        self.storages = {t.untyped_storage().data_ptr() for t in tensors}
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._to_copy.default and args[0].untyped_storage().data_ptr() in self.storages:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def cast_counts(tiny_vit, cast_once: bool) -> tuple:
     """(cast kernels in the profiler, casts of CLIP's own weights) in one bf16 CPU training step."""
     from types import SimpleNamespace
@@ -150,17 +141,9 @@ def cast_counts(tiny_vit, cast_once: bool) -> tuple:
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=1e-3)
     images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
 
-    def step():
-        epochs.train_step(model, images, None, labels, optimizer, None, options, ctx)
-
-    step()  # warm-up
-    with torch.profiler.profile() as profile:
-        step()
-    kernels = sum(event.name == "aten::_to_copy" for event in profile.events())
-    counter = WeightCasts([*clip.parameters(), *clip.buffers()])
-    with counter:
-        step()
-    return kernels, counter.count
+    counted = casts.measure(lambda: epochs.train_step(model, images, None, labels, optimizer, None, options, ctx),
+                            clip)  # the benchmark's own counting (benchmarks/casts.py)
+    return counted["casts"], counted["weight casts"]
 
 
 def test_clip_cast_once_removes_the_per_use_weight_casts(tiny_vit):
