@@ -5,7 +5,8 @@ AAAI 2025 (arXiv 2412.10817). Authors' code: github.com/hyzhang98/PiNI.
 
 Read this module top to bottom, like a chapter of the paper:
 
-  1. Loading a frozen CLIP ............ `load_clip`, `train_transform`
+  1. Loading a frozen CLIP ............ `load_clip`, `clip_activation` (GELU or QuickGELU),
+                                          `freeze_in_dtype`, `train_transform`
   2. Prompts and the text tower ........ `build_prompts`, `encode_text_embeddings`,
                                           `encode_text_shared_prefix` (exact shortcut)
   3. Gaussian noise, reparameterised ... `Gaussian`, `gaussian_kl`
@@ -15,9 +16,11 @@ Read this module top to bottom, like a chapter of the paper:
   5. The image noise injectors ........ `ImageNoiseInjector` (cross-attention — the paper's),
                                           `PatchNoiseInjector`, `MLPNoiseInjector`,
                                           `PixelNoiseInjector` (variants); `IMAGE_INJECTORS`
-  6. The PiNI model ................... `PiNI`  (forward -> logits for K noise samples)
+  6. The PiNI model ................... `PiNI`  (forward -> logits for K noise samples),
+                                          `cosine_logits`
   7. The objective .................... `pini_objective`, `pi_noise_information`
-  8. Inference ........................ `PiNI.predict`, `PiNI.predict_with_spread`
+  8. Inference ........................ `PiNI.predict`, `PiNI.predict_with_spread` (methods of
+                                          `PiNI`, at the end of its class in section 6)
 
 Notation (as in the paper): x an image, y its class, P the prompt set, ε the noise,
 μ and σ the mean and standard deviation of the noise distribution p_θ(ε | x, P),

@@ -44,7 +44,7 @@ from experiments import report
 from experiments import runs
 from experiments.epochs import (Context, seed_everything, epoch_batches, evaluate, loader, lr_factor, pick_device, resolve_precision,
                     train_epoch, writable_output, zero_shot_accuracy)
-from experiments.jobs import (ABLATION, Busy, Job, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of,
+from experiments.jobs import (ABLATION, Busy, Job, Waiting, check_images, dataset_arg, job_options, plan, reuse_or_run, settings_of,
                               shard, tested_checkpoint, training_settings, variant_name)
 from experiments.files import WriteFailed
 from experiments.runs import CHECKPOINT, EVAL_RESULT, RESULT, UsageError
@@ -188,13 +188,16 @@ def test_and_record(model, job, options, ctx, path: Path, settings: dict, histor
 
 
 def evaluate_transfer(job: Job, args, ctx: Context, run_dir: Path):
-    """Test the checkpoint of this call's ImageNet run on a target dataset (domain, cross-dataset)."""
+    """Test the checkpoint of this call's ImageNet run on a target dataset (domain, cross-dataset).
+    A finished test is reused; one whose checkpoint is not there yet is Waiting: not done by this call."""
     path = tested_checkpoint(job, args)
-    if not Path(path).is_file():
-        tqdm.write(f"skipping {run_dir}: {path} is not there yet (its run is elsewhere or unfinished)")
-        return None
-    return reuse_or_run(run_dir / EVAL_RESULT, settings_of(job, args, ctx.precision), args,
-                        lambda: run_eval(job, args, ctx, run_dir, runs.load_checkpoint(path, ctx.device)))
+
+    def test():
+        if not Path(path).is_file():
+            tqdm.write(f"skipping {run_dir}: {path} is not there yet (its run is elsewhere or unfinished)")
+            raise Waiting(f"{run_dir} waits for {path}")
+        return run_eval(job, args, ctx, run_dir, runs.load_checkpoint(path, ctx.device))
+    return reuse_or_run(run_dir / EVAL_RESULT, settings_of(job, args, ctx.precision), args, test)
 
 
 def run_eval(job: Job, args, ctx: Context, run_dir: Path, checkpoint: dict) -> dict:
@@ -377,7 +380,7 @@ def run(args) -> list:
         raise UsageError(f"--image-noise {args.image_noise} needs a ViT image tower (patch tokens); "
                          f"{args.model} has a {type(ctx.clip.visual).__name__}")
 
-    results, busy = [], []
+    results, busy, waiting = [], [], []
     for job in jobs:
         run_dir = job.run_dir(out)
         if any(job is misfit for misfit in misfits):
@@ -394,12 +397,17 @@ def run(args) -> list:
                                         lambda: compute(job, args, ctx, run_dir)))
             if job.kind == "train":
                 redraw_missing_noise(job, args, ctx, run_dir)
-        except Busy as held:
-            busy.append(str(held))
+        except Busy as held:  # Waiting too: both are runs this call could not do now
+            (waiting if isinstance(held, Waiting) else busy).append(str(held))
     write_reports(out)
-    if busy:
-        raise NotDone(f"not done: {len(busy)} of {len(jobs)} runs are held by other live processes (e.g. "
-                      f"{busy[0]}); rerun this command when they finish to collect them")
+    if busy or waiting:
+        reasons = []
+        if busy:
+            reasons.append(f"{len(busy)} of {len(jobs)} runs are held by other live processes (e.g. {busy[0]})")
+        if waiting:
+            reasons.append(f"{len(waiting)} of {len(jobs)} tests wait for a checkpoint that is not there yet "
+                           f"(e.g. {waiting[0]})")
+        raise NotDone(f"not done: {'; '.join(reasons)}; rerun this command when they finish to collect them")
     return [r for r in results if r is not None]
 
 

@@ -272,6 +272,11 @@ class Busy(Exception):
     """A run this call did not do: another live process holds its lock."""
 
 
+class Waiting(Busy):
+    """A test this call did not do: the checkpoint it tests is not there yet (its training run is
+    in another process, another shard, or unfinished)."""
+
+
 def reuse_or_run(path: Path, settings: dict, args, compute) -> Optional[dict]:
     """The finished run at `path` when its settings are these, else claim the run (a lock, so
     that processes sharing the output folder never train it twice) and compute it. Busy when
