@@ -174,7 +174,7 @@ def kl_by_pini(mu, sigma, s):
     return pini.gaussian_kl(pini.Gaussian(mu, sigma), s)
 
 
-def fit_noise_factory(sample, kl=None, ignore_beta=False, train_mu=True, prior_term=None):
+def fit_noise_factory(sample, kl=None, ignore_beta=False, train_mu=True, prior_term=None, estimator=None):
     """The worked fit_noise with one part swapped for a wrong one."""
     def fit_noise(x, y, logits_fn, sigma0=0.5, beta=0.0, prior_std=1.0, train_sigma=True, K=8, steps=300, lr=0.05):
         mu = torch.zeros(x.shape[-1], requires_grad=True)
@@ -182,7 +182,11 @@ def fit_noise_factory(sample, kl=None, ignore_beta=False, train_mu=True, prior_t
         optimizer = torch.optim.Adam([mu, sigma] if train_mu else [sigma], lr=lr)
         for _ in range(steps):
             eps = sample(mu, sigma.abs(), K)
-            loss = F.cross_entropy(logits_fn(x.unsqueeze(0) + eps.unsqueeze(1)).flatten(0, 1), y.repeat(K))
+            logits = logits_fn(x.unsqueeze(0) + eps.unsqueeze(1))                       # (K, N, C)
+            if estimator is None:
+                loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(K))
+            else:
+                loss = estimator(logits, y)
             if beta and not ignore_beta:
                 if prior_term is not None:
                     loss = loss + beta * prior_term(kl, mu, sigma.abs().clamp_min(1e-8), prior_std, len(x))
@@ -191,6 +195,25 @@ def fit_noise_factory(sample, kl=None, ignore_beta=False, train_mu=True, prior_t
             optimizer.zero_grad(); loss.backward(); optimizer.step()
         return mu.detach(), sigma.detach().abs()
     return fit_noise
+
+
+# biased estimators of E_ε[CE(ℓ(x + ε), y)] from K draws, logits (K, N, C): each moves σ on check 5's normalised toy
+
+def estimate_by_averaged_logits(logits, y):           # CE(E[ℓ]) in place of E[CE(ℓ)]
+    return F.cross_entropy(logits.mean(0), y)
+
+
+def estimate_by_log_mean_exp(logits, y):              # −log (1/K) Σ_k q(y | x + ε_k): the log outside the average
+    log_q = logits.log_softmax(-1).gather(-1, y.expand(len(logits), -1).unsqueeze(-1)).squeeze(-1)   # (K, N)
+    return -(torch.logsumexp(log_q, 0) - math.log(len(logits))).mean()
+
+
+def estimate_by_averaged_log_probabilities(logits, y):   # mean log q, then F.cross_entropy normalises it again
+    return F.cross_entropy(logits.log_softmax(-1).mean(0), y)
+
+
+BIASED_ESTIMATORS = {"CE of averaged logits": estimate_by_averaged_logits, "log-mean-exp": estimate_by_log_mean_exp,
+                     "CE of averaged log-probabilities": estimate_by_averaged_log_probabilities}
 
 
 def ignores_the_control(fit_noise):
@@ -303,6 +326,14 @@ def test_exercise_5_and_7_fail_wrong_training(solutions):
         for fit in fits:
             with pytest.raises((AssertionError, RuntimeError)):
                 run_check(n, dict(solutions, fit_noise=fit))
+
+
+@pytest.mark.parametrize("name", BIASED_ESTIMATORS)
+def test_exercise_5_fails_a_biased_estimator(name, solutions):
+    """On the affine toy these still reach σ ≈ 0; on the normalised toy they keep σ > 1."""
+    fit = fit_noise_factory(solutions["reparameterised_sample"], estimator=BIASED_ESTIMATORS[name])
+    with pytest.raises(AssertionError, match="normalised toy"):
+        run_check(5, dict(solutions, fit_noise=fit))
 
 
 def test_pini_is_restored_after_a_check(solutions):
