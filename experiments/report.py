@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # write files, never open windows
 import matplotlib.pyplot as plt  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from experiments import published  # noqa: E402
 from experiments.files import atomic_write, atomic_write_text  # noqa: E402  (every file whole or not at all: shards share the folder)
@@ -154,25 +156,49 @@ def _plot_accuracy_vs_shots(cells, columns, path: Path):
     _save_figure(fig, path)
 
 
-def write_ablation(rows, folder: Path, title: str) -> str:
+def paired_difference(runs: dict, reference: dict, level: float = 0.95):
+    """{seed: accuracy} of a variant and of the reference -> (mean difference, low, high, n) over the seeds
+    both have, with a Student-t interval at `level`; None below two shared seeds (no spread to measure)."""
+    seeds = sorted(set(runs) & set(reference))
+    if len(seeds) < 2:
+        return None
+    diffs = [runs[s] - reference[s] for s in seeds]
+    mean = statistics.mean(diffs)
+    half = stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half, len(diffs)
+
+
+def write_ablation(rows, folder: Path, title: str, reference: str = "") -> str:
     """rows: [(variant, [records over seeds])] -> ablation.md, ablation.csv, ablation.png in `folder`.
-    A variant with no finished run says so (not run yet, or the patch injector on a ResNet tower)."""
-    header = ["variant", "accuracy (%)", "trainable parameters", "training time (s)"]
-    lines, csv_rows = [], [["variant", "mean", "std", "n_seeds", "trainable_parameters", "train_seconds"]]
+    A variant with no finished run says so (not run yet, or the patch injector on a ResNet tower).
+    With a `reference` row (the σ = 0 control), each other row also gets its accuracy difference to it,
+    paired by seed, with a 95 % t-interval: seeds vary more than variants, so unpaired mean ± std hide it."""
+    header = ["variant", "accuracy (%)", f"Δ vs {reference or 'reference'}, paired 95 % interval",
+              "trainable parameters", "training time (s)"]
+    lines, csv_rows = [], [["variant", "mean", "std", "n_seeds", "paired_delta", "paired_low", "paired_high",
+                            "n_pairs", "trainable_parameters", "train_seconds"]]
+    by_seed = {variant: {r["seed"]: r["accuracy"] for r in unique_runs(records)} for variant, records in rows}
     for variant, records in rows:
         records = unique_runs(records)
         if not records:
             why = "needs a ViT image tower, or " if "patch" in variant else ""
-            lines.append([variant, f"no finished run ({why}not run yet)", "", ""])
+            lines.append([variant, f"no finished run ({why}not run yet)", "", "", ""])
             continue
         mean, std = mean_std(r["accuracy"] for r in records)
         params = records[0].get("trainable_parameters", 0)
         seconds = statistics.mean(r.get("train_seconds", 0.0) for r in records)
-        lines.append([variant, f"{mean:.2f} ± {std:.2f}", f"{params:,}", f"{seconds:.1f}"])
-        csv_rows.append([variant, f"{mean:.4f}", f"{std:.4f}", len(records), params, f"{seconds:.2f}"])
+        paired = paired_difference(by_seed[variant], by_seed.get(reference, {})) if variant != reference else None
+        delta = f"{paired[0]:+.2f} [{paired[1]:+.2f}, {paired[2]:+.2f}], {paired[3]} seeds" if paired else ""
+        lines.append([variant, f"{mean:.2f} ± {std:.2f}", delta, f"{params:,}", f"{seconds:.1f}"])
+        csv_rows.append([variant, f"{mean:.4f}", f"{std:.4f}", len(records),
+                         *([f"{v:.4f}" for v in paired[:3]] + [paired[3]] if paired else ["", "", "", ""]),
+                         params, f"{seconds:.2f}"])
     _write_csv(folder / "ablation.csv", csv_rows)
     table = _markdown(header, lines)
-    _write_text(folder / "ablation.md", f"{title}: top-1 test accuracy, mean ± std over seeds.\n\n{table}\n")
+    note = (" Δ: accuracy minus the reference's on the same seed, mean and 95 % Student-t interval over the "
+            "seeds both have (two or more); each row's interval on its own, not corrected for the number of rows."
+            if reference else "")
+    _write_text(folder / "ablation.md", f"{title}: top-1 test accuracy, mean ± std over seeds.{note}\n\n{table}\n")
     measured = [(v, [r["accuracy"] for r in unique_runs(records)]) for v, records in rows if records]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(measured) + 1.2))
     ax.barh([v for v, _ in measured], [mean_std(a)[0] for _, a in measured],
@@ -209,7 +235,8 @@ def write_reports(out: Path, ablation, order=(), test_only=()):
                  [r for r in mine if r.get("ablation") == variant and r["shots"] == shots])
                 for variant, overrides in ablation]
         seeds = sorted({r["seed"] for _, rs in rows for r in rs if r["shots"]})
-        print(write_ablation(rows, out / folder, f"{name}, {shots} shots, seeds {' '.join(map(str, seeds))}"))
+        reference = next((v for v, overrides in ablation if overrides == {"control": "no-sigma"}), "")
+        print(write_ablation(rows, out / folder, f"{name}, {shots} shots, seeds {' '.join(map(str, seeds))}", reference))
     default = ablation[0][0]  # the default PiNI's ablation row is the same run as a plain call's
     trained = [r for r in records if r["kind"] != "eval" and r.get("ablation", "") in ("", default)
                and r["dataset"] not in test_only]

@@ -1,7 +1,9 @@
 """train.py end to end on CPU: a tiny random open_clip model and a generated Caltech101 tree."""
 import csv
+from pathlib import Path
 from types import SimpleNamespace
 import json
+import math
 
 import open_clip
 import pytest
@@ -190,6 +192,18 @@ def test_ablation_writes_one_row_per_variant(base_args, tmp_path):
         (default["accuracy"] + json.loads((folder / "ablation/pini_text_tokens_image_cross_attention/seed_2/"
                                                      "result.json").read_text())["accuracy"]) / 2, abs=1e-3)
     assert (folder / "ablation.md").read_text().count("\n| ") == len(train.ABLATION) + 1
+    # each row against the σ = 0 control, paired by seed: the mean difference and a 95 % Student-t interval,
+    # here with 1 degree of freedom (the Cauchy distribution, whose 97.5 % point is tan(0.475 π))
+    accuracy = {(r["ablation"], r["seed"]): r["accuracy"]
+                for r in map(json.loads, map(Path.read_text, folder.glob("ablation/*/seed_*/result.json")))}
+    control, pini_row = "control: σ = 0 (a learned shift)", "PiNI: text tokens + image cross-attention"
+    d = [accuracy[(pini_row, s)] - accuracy[(control, s)] for s in (1, 2)]
+    half = math.tan(0.475 * math.pi) * abs(d[0] - d[1]) / math.sqrt(2) / math.sqrt(2)
+    row = by_name[pini_row]
+    assert row["n_pairs"] == "2" and [float(row[k]) for k in ("paired_delta", "paired_low", "paired_high")] == \
+        pytest.approx([sum(d) / 2, sum(d) / 2 - half, sum(d) / 2 + half], abs=1e-3)
+    assert by_name[control]["paired_delta"] == "" and by_name["control: zero-shot CLIP (hand-crafted prompt)"]["n_pairs"] == ""
+    assert f"{sum(d) / 2:+.2f} [{sum(d) / 2 - half:+.2f}, {sum(d) / 2 + half:+.2f}], 2 seeds" in (folder / "ablation.md").read_text()
     assert (folder / "ablation.png").stat().st_size > 0
     assert (folder / "ablation/image_noise_patch_query_cross_attention/seed_1/noise_maps.png").is_file()
 
