@@ -172,7 +172,7 @@ def write_ablation(rows, folder: Path, title: str, reference: str = "") -> str:
     """rows: [(variant, [records over seeds])] -> ablation.md, ablation.csv, ablation.png in `folder`.
     A variant with no finished run says so (not run yet, or the patch injector on a ResNet tower).
     With a `reference` row (the σ = 0 control), each other row also gets its accuracy difference to it,
-    paired by seed, with a 95 % t-interval: seeds vary more than variants, so unpaired mean ± std hide it."""
+    paired by seed, with a 95 % t-interval: when seeds vary more than variants, unpaired mean ± std hide it."""
     header = ["variant", "accuracy (%)", f"Δ vs {reference or 'reference'}, paired 95 % interval",
               "trainable parameters", "training time (s)"]
     lines, csv_rows = [], [["variant", "mean", "std", "n_seeds", "paired_delta", "paired_low", "paired_high",

@@ -237,6 +237,13 @@ def check_5(fit_noise):
     after = F.cross_entropy(logits_fn(x + mu), y)
     assert after < before - 0.15, f"μ barely moved the data: loss {before:.3f} → {after:.3f} at ε = μ"
     assert sigma.abs().max() < 0.15, f"σ = {sigma.tolist()}: for logits affine in ε it should fall towards 0 (from 0.5)"
+    # σ must fall by learning, not start at 0: after 5 steps from σ0 = 0.5 it is still near 0.5 (an Adam step
+    # moves it by about lr = 0.05, an SGD step by less)
+    with pini_unavailable():
+        _, early = fit_noise(x, y, logits_fn, sigma0=0.5, steps=5)
+    early = torch.as_tensor(early).detach().abs()
+    assert 0.2 < early.max() < 1.0, \
+        f"σ = {early.tolist()} after 5 steps from σ0 = 0.5: σ must start at sigma0 and be learned (is it set to 0?)"
     # logits not affine in ε: Jensen no longer applies, but the noise does not see x, so σ* = 0 still holds
     # (the infimum argument). A biased estimate of E_ε[CE] rewards spread-out draws here and keeps σ large
     # (σ ≈ (1.7, 1.2) for CE of averaged logits, (1.5, 1.1) for log-mean-exp); the worked K = 8 Adam fit

@@ -336,6 +336,19 @@ def test_exercise_5_fails_a_biased_estimator(name, solutions):
         run_check(5, dict(solutions, fit_noise=fit))
 
 
+def test_exercise_5_fails_an_answer_without_noise(solutions):
+    """μ learned deterministically and σ returned as 0: every σ < 0.15 test passes, but σ was never learned."""
+    def no_noise(x, y, logits_fn, sigma0=0.5, K=8, steps=300, lr=0.05, **kwargs):
+        mu = torch.zeros(x.shape[-1], requires_grad=True)
+        optimizer = torch.optim.Adam([mu], lr=lr)
+        for _ in range(steps):
+            loss = F.cross_entropy(logits_fn(x + mu), y)
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+        return mu.detach(), torch.zeros(x.shape[-1])
+    with pytest.raises(AssertionError, match="after 5 steps"):
+        run_check(5, dict(solutions, fit_noise=no_noise))
+
+
 def test_pini_is_restored_after_a_check(solutions):
     before = (pini.Gaussian.sample, pini.gaussian_kl, pini.build_prompts)
     with pytest.raises(AssertionError):
