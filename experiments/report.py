@@ -177,9 +177,9 @@ def write_ablation(rows, folder: Path, title: str, reference: str = "") -> str:
               "trainable parameters", "training time (s)"]
     lines, csv_rows = [], [["variant", "mean", "std", "n_seeds", "paired_delta", "paired_low", "paired_high",
                             "n_pairs", "trainable_parameters", "train_seconds"]]
-    by_seed = {variant: {r["seed"]: r["accuracy"] for r in unique_runs(records)} for variant, records in rows}
+    rows = [(variant, unique_runs(records)) for variant, records in rows]
+    by_seed = {variant: {r["seed"]: r["accuracy"] for r in records} for variant, records in rows}
     for variant, records in rows:
-        records = unique_runs(records)
         if not records:
             why = "needs a ViT image tower, or " if "patch" in variant else ""
             lines.append([variant, f"no finished run ({why}not run yet)", "", "", ""])
@@ -199,7 +199,7 @@ def write_ablation(rows, folder: Path, title: str, reference: str = "") -> str:
             "seeds both have (two or more); each row's interval on its own, not corrected for the number of rows."
             if reference else "")
     _write_text(folder / "ablation.md", f"{title}: top-1 test accuracy, mean ± std over seeds.{note}\n\n{table}\n")
-    measured = [(v, [r["accuracy"] for r in unique_runs(records)]) for v, records in rows if records]
+    measured = [(v, [r["accuracy"] for r in records]) for v, records in rows if records]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(measured) + 1.2))
     ax.barh([v for v, _ in measured], [mean_std(a)[0] for _, a in measured],
             xerr=[mean_std(a)[1] for _, a in measured], color="tab:blue")
